@@ -1,0 +1,739 @@
+"""The FineTuneJob API, version v1alpha1: the one source of truth.
+
+Every field's docstring becomes its OpenAPI description in the generated CRD (and so the text
+of ``kubectl explain``); bounds and enums here become schema bounds; cross-field rules are CEL
+expressions attached with :func:`cel` and enforced by the kube-apiserver at admission. The
+operator and the trainer read the same typed objects, so a field means one thing everywhere.
+
+Field names are snake_case in Python and camelCase on the wire (``alias_generator``). Unknown
+fields are rejected (``extra="forbid"``) so that a typo is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubegraft.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ("ftj",)
+
+
+def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """Attach CEL rules (``rule``, ``message``[, ``fieldPath``]) to a model's schema.
+
+    Used as ``model_config = ConfigDict(json_schema_extra=cel(...))``; the CRD generator copies
+    them to ``x-kubernetes-validations`` so that the API server rejects bad specs at apply time.
+    """
+    validations = []
+    for r in rules:
+        item = {"rule": r[0], "message": r[1]}
+        if len(r) == 3:
+            item["fieldPath"] = r[2]
+        validations.append(item)
+    return {"x-kubernetes-validations": validations}
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase aliases, docstrings as descriptions, no extras."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase keys, unset optionals left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# A free-form Kubernetes object (affinity, a toleration, a volume): validated by the API server
+# against the core types when the operator creates the pod, kept opaque here.
+KubeObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+class Task(StrEnum):
+    """What the fine-tuned model predicts."""
+
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    IMAGE_CLASSIFICATION = "image-classification"
+    CAUSAL_LM = "causal-lm"
+
+
+class CheckpointFormat(StrEnum):
+    """How the pretrained checkpoint is stored."""
+
+    AUTO = "auto"
+    HUGGINGFACE = "huggingface"
+    STATE_DICT = "state-dict"
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret in the job's namespace; only the reference is stored, never the value."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret."""
+    key: str = Field(default="token", min_length=1, max_length=253)
+    """Key inside the Secret whose value is used."""
+
+
+class Head(ApiModel):
+    """The new task head put on top of the pretrained backbone (randomly initialised)."""
+
+    num_labels: int | None = Field(default=None, ge=1, le=100000)
+    """Number of output classes. Required for classification tasks; derived from the data set's
+    labels when omitted there. Ignored for causal-lm."""
+    hidden_layers: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=list, max_length=8)
+    """Sizes of extra fully connected layers inserted between the backbone's features and the
+    output layer, e.g. [512, 256]. Empty means a single linear layer."""
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Dropout probability applied before each layer of the new head."""
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    """Activation between the extra hidden layers of the head."""
+
+
+class ModelSpec(ApiModel):
+    """The pretrained checkpoint to start from and the task to fine-tune it for."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.task == 'causal-lm' || !has(self.architecture) || self.architecture != ''",
+                "architecture must not be empty when set",
+                ".architecture",
+            ),
+            (
+                "!has(self.format) || self.format != 'state-dict' || has(self.architecture)",
+                "architecture is required when format is state-dict (a bare state dict does not "
+                "say which network it belongs to)",
+                ".architecture",
+            ),
+        )
+    )
+
+    checkpoint: str = Field(min_length=1, max_length=2048)
+    """Where the pretrained weights are: an absolute path on a mounted volume (a Hugging Face
+    directory or a .pth/.safetensors state dict), `hf://<org>/<name>` for the Hugging Face Hub,
+    or `pkg://<python_package>/<path>` for weights shipped inside an installed Python package
+    (how offline images carry their checkpoints)."""
+    task: Task
+    """The task: sequence-classification, image-classification or causal-lm."""
+    format: CheckpointFormat = CheckpointFormat.AUTO
+    """How the checkpoint is stored: huggingface (config + weights + tokenizer), state-dict (a
+    torch state dict for a known architecture), or auto to detect it."""
+    architecture: str | None = Field(default=None, max_length=128)
+    """The network definition for a state-dict checkpoint, when the checkpoint does not say it,
+    e.g. efficientnet_lite0, resnet50, vgg16 (timm/torchvision names)."""
+    revision: str | None = Field(default=None, max_length=255)
+    """Hub revision (branch, tag or commit) for hf:// checkpoints."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret holding a Hugging Face Hub token, for gated or private checkpoints. Mounted into
+    the pods by reference; the operator never reads it."""
+    head: Head = Field(default_factory=Head)
+    """The new head added on top of the backbone."""
+
+
+# ------------------------------------------------------------------------------------- dataset
+
+
+class DataFormat(StrEnum):
+    """The on-disk format of a data set."""
+
+    JSONL = "jsonl"
+    CSV = "csv"
+    PARQUET = "parquet"
+    IMAGE_FOLDER = "image-folder"
+
+
+class DataSource(ApiModel):
+    """One data set location and its format."""
+
+    uri: str = Field(min_length=1, max_length=2048)
+    """Path (on a mounted volume) or `pkg://<python_package>/<path>` of the data. jsonl and csv
+    may be gzip-compressed (.gz). For image-folder, a directory with one sub-folder per class."""
+    format: DataFormat | None = None
+    """Format of the data; inferred from the file extension when omitted."""
+
+
+class EvalSet(DataSource):
+    """A named evaluation set, reported separately (e.g. in-domain and a shifted domain)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
+    """Name used in metric labels and in status, e.g. in-domain or shifted."""
+
+
+class DatasetSpec(ApiModel):
+    """The labelled data to fine-tune on."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!(has(self.includeLabels) && has(self.excludeLabels))",
+                "set at most one of includeLabels and excludeLabels",
+            ),
+            (
+                "has(self.validation) || has(self.validationSplit) || (has(self.evalSets) && size(self.evalSets) > 0)",
+                "give a validation set, a validationSplit or at least one evalSet",
+            ),
+            (
+                "!has(self.evalSets) || self.evalSets.all(a, self.evalSets.exists_one(b, b.name == a.name))",
+                "evalSets names must be unique",
+                ".evalSets",
+            ),
+        )
+    )
+
+    train: DataSource
+    """The training data."""
+    validation: DataSource | None = None
+    """A separate validation set. Without it, validationSplit carves one out of train."""
+    validation_split: float | None = Field(default=None, gt=0.0, lt=1.0)
+    """Fraction of train held out (stratified, seeded) for validation when no validation set is given."""
+    eval_sets: list[EvalSet] | None = Field(default=None, max_length=16)
+    """Extra named evaluation sets, each reported separately (distribution shift shows here)."""
+    text_field: str = Field(default="text", min_length=1, max_length=256)
+    """Field holding the input text (dotted path for nested fields, e.g. names.en)."""
+    label_field: str = Field(default="label", min_length=1, max_length=256)
+    """Field holding the class label (a name or an integer)."""
+    image_field: str = Field(default="image", min_length=1, max_length=256)
+    """Field holding an image path, for tabular image data sets."""
+    include_labels: list[str] | None = Field(default=None, max_length=100000)
+    """Keep only examples with these labels (e.g. digits 0-4 for pretraining)."""
+    exclude_labels: list[str] | None = Field(default=None, max_length=100000)
+    """Drop examples with these labels (e.g. catch-all classes)."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Use at most this many training examples (a seeded, stratified subset), for quick runs."""
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    """Use at most this many examples of each evaluation set."""
+    max_length: int = Field(default=128, ge=8, le=131072)
+    """Token limit per text example (longer ones are truncated)."""
+    image_size: int | None = Field(default=None, ge=8, le=4096)
+    """Side of the square input images; defaults to the backbone's pretraining size."""
+
+
+# -------------------------------------------------------------------------------------- freeze
+
+
+class FreezePreset(StrEnum):
+    """The starting point of a freezing policy."""
+
+    FULL = "full"
+    FEATURE_EXTRACTION = "feature-extraction"
+    TOP_K = "top-k"
+    BITFIT = "bitfit"
+    LORA = "lora"
+
+
+class ScheduleUnit(StrEnum):
+    """What a gradual-unfreezing stage boundary counts."""
+
+    EPOCH = "epoch"
+    STEP = "step"
+
+
+class UnfreezeStage(ApiModel):
+    """From `at` on, the top `topK` blocks (plus the head) train."""
+
+    at: int = Field(ge=0)
+    """The epoch or optimizer step (see unit) at which this stage starts."""
+    top_k: int | None = Field(default=None, ge=0, le=10000)
+    """Number of top blocks trainable in this stage; omit for all blocks."""
+
+
+class GradualUnfreezing(ApiModel):
+    """Unfreeze blocks from the top down as training goes (ULMFiT-style)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.stages.map(s, s.at).isSorted() && self.stages.all(s, self.stages.exists_one(t, t.at == s.at))",
+                "stages must be in strictly increasing order of at",
+                ".stages",
+            ),
+        )
+    )
+
+    unit: ScheduleUnit = ScheduleUnit.EPOCH
+    """Whether stage boundaries count epochs or optimizer steps."""
+    stages: list[UnfreezeStage] = Field(min_length=1, max_length=64)
+    """Stages in strictly increasing order of `at`; the first usually starts at 0."""
+
+
+class LoraSpec(ApiModel):
+    """Low-rank adapters (PEFT LoRA) on the chosen modules; the base weights stay frozen."""
+
+    r: int = Field(default=8, ge=1, le=1024)
+    """Rank of the adapters."""
+    alpha: int = Field(default=16, ge=1, le=4096)
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapters' input."""
+    target_modules: list[str] | None = Field(default=None, max_length=64)
+    """Module names (suffixes) that get adapters, e.g. [query, value]; defaults per architecture."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases train alongside the adapters."""
+
+
+class FreezeSpec(ApiModel):
+    """Which parameters train. One line for the common case (a preset); patterns, a schedule and
+    layer-wise learning-rate decay for the rare one."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.preset == 'top-k' ? has(self.topK) : !has(self.topK)", "topK is required with preset top-k and only allowed with it", ".topK"),
+            ("!has(self.lora) || self.preset == 'lora'", "lora options are only allowed with preset lora", ".lora"),
+            (
+                "!has(self.gradualUnfreezing) || self.preset in ['feature-extraction', 'top-k']",
+                "gradualUnfreezing starts from a frozen backbone: use it with preset feature-extraction or top-k",
+                ".gradualUnfreezing",
+            ),
+        )
+    )
+
+    preset: FreezePreset = FreezePreset.FULL
+    """full: everything trains. feature-extraction: only the new head trains. top-k: the top
+    topK blocks and the head train. bitfit: only biases (and the head) train. lora: low-rank
+    adapters (and the head) train, the base weights stay frozen."""
+    top_k: int | None = Field(default=None, ge=1, le=10000)
+    """Number of top blocks that train, with preset top-k."""
+    freeze_patterns: list[str] = Field(default_factory=list, max_length=256)
+    """Extra module-name patterns (fnmatch globs on dotted parameter names, e.g.
+    `*.attention.*`) to freeze after the preset is applied."""
+    train_patterns: list[str] = Field(default_factory=list, max_length=256)
+    """Module-name patterns that train whatever the preset says (applied last, so they win)."""
+    freeze_embeddings: bool | None = None
+    """Freeze the token/position embeddings (or a CNN's stem). Omit to follow the preset."""
+    freeze_batch_norm_stats: bool = True
+    """Keep batch-norm running statistics fixed in frozen blocks (their layers stay in eval
+    mode), so a frozen backbone is really unchanged."""
+    gradual_unfreezing: GradualUnfreezing | None = None
+    """A schedule that unfreezes more blocks as training goes. Stage state is checkpointed."""
+    layerwise_lr_decay: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Layer-wise learning-rate decay: block i from the top gets lr * decay^i (the head gets
+    lr). 1.0 or omitted means one learning rate."""
+    lora: LoraSpec | None = None
+    """LoRA options, with preset lora."""
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+class Precision(StrEnum):
+    """Numeric precision of training."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class SchedulerKind(StrEnum):
+    """Learning-rate schedule after warmup."""
+
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class EarlyStopping(ApiModel):
+    """Stop when the watched evaluation metric stops improving."""
+
+    metric: str = Field(default="f1", pattern=r"^(loss|accuracy|precision|recall|f1)$")
+    """Metric on the validation set: loss, accuracy, precision, recall or f1 (macro)."""
+    patience: int = Field(default=3, ge=1, le=1000)
+    """Number of evaluations without improvement before stopping."""
+    min_delta: float = Field(default=0.0, ge=0.0)
+    """Smallest change that counts as an improvement."""
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation settings."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("has(self.epochs) != has(self.maxSteps)", "set exactly one of epochs and maxSteps"),
+            ("!(has(self.warmupSteps) && has(self.warmupRatio))", "set at most one of warmupSteps and warmupRatio"),
+        )
+    )
+
+    epochs: int | None = Field(default=None, ge=1, le=10000)
+    """Number of passes over the training data (or set maxSteps)."""
+    max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    """Number of optimizer steps (or set epochs)."""
+    per_device_batch_size: int = Field(default=16, ge=1, le=65536)
+    """Examples per process per micro-batch."""
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    """Micro-batches accumulated per optimizer step."""
+    learning_rate: float = Field(default=5e-5, gt=0.0, le=10.0)
+    """Peak learning rate (of the head, with layer-wise decay)."""
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    """AdamW weight decay (not applied to biases and norms)."""
+    scheduler: SchedulerKind = SchedulerKind.LINEAR
+    """Learning-rate schedule after warmup."""
+    warmup_steps: int | None = Field(default=None, ge=0)
+    """Linear warmup length in optimizer steps."""
+    warmup_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """Linear warmup length as a fraction of all steps."""
+    precision: Precision = Precision.FP32
+    """fp32, bf16 or fp16 (mixed precision; fp16 uses loss scaling)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    max_grad_norm: float | None = Field(default=1.0, gt=0.0)
+    """Clip gradients to this global norm; omit to not clip."""
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    """Seed for data order, head initialisation and dropout."""
+    eval_every_steps: int | None = Field(default=None, ge=1)
+    """Evaluate every N optimizer steps; omitted means at the end of each epoch."""
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    """Checkpoint every N optimizer steps; omitted means at the end of each epoch."""
+    early_stopping: EarlyStopping | None = None
+    """Stop early when the validation metric stops improving."""
+    metric_for_best: str = Field(default="f1", pattern=r"^(loss|accuracy|precision|recall|f1)$")
+    """Validation metric that picks the best checkpoint (loss is minimised, the others maximised)."""
+    cache_frozen_features: bool = True
+    """When only the head trains and the frozen backbone is deterministic, compute its outputs
+    once and reuse them across epochs (same results, far faster)."""
+    num_workers: int = Field(default=0, ge=0, le=64)
+    """Data-loader worker processes per training process."""
+    log_every_steps: int = Field(default=10, ge=1)
+    """Log (and report progress) every N optimizer steps."""
+
+
+# --------------------------------------------------------------------------------- distributed
+
+
+class Strategy(StrEnum):
+    """How the model is spread over processes."""
+
+    DDP = "ddp"
+    DEEPSPEED = "deepspeed"
+    FSDP = "fsdp"
+
+
+class DeepSpeedSpec(ApiModel):
+    """DeepSpeed ZeRO options."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("!self.offloadParams || self.zeroStage == 3", "offloadParams needs zeroStage 3", ".offloadParams"),
+        )
+    )
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."""
+    offload_optimizer: bool = False
+    """Keep optimizer state in CPU memory."""
+    offload_params: bool = False
+    """Keep parameters in CPU memory (stage 3 only)."""
+
+
+class DistributedSpec(ApiModel):
+    """The size and shape of the run: nodes x processes (GPUs) per node."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("!has(self.deepspeed) || self.strategy == 'deepspeed'", "deepspeed options are only allowed with strategy deepspeed", ".deepspeed"),
+        )
+    )
+
+    nodes: int = Field(default=1, ge=1, le=512)
+    """Number of nodes (one pod each)."""
+    procs_per_node: int = Field(default=1, ge=1, le=64)
+    """Training processes per node; on GPU nodes, the GPUs per pod."""
+    gpus_per_node: int | None = Field(default=None, ge=0, le=64)
+    """nvidia.com/gpu requested per pod; defaults to procsPerNode (0 for a CPU-only run)."""
+    strategy: Strategy = Strategy.DDP
+    """ddp, deepspeed (ZeRO) or fsdp."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend; auto picks nccl on GPUs and gloo on CPUs."""
+    deepspeed: DeepSpeedSpec | None = None
+    """DeepSpeed options, with strategy deepspeed."""
+    master_port: int = Field(default=29500, ge=1024, le=65535)
+    """Rendezvous port on the rank-0 pod."""
+
+
+# ------------------------------------------------------------------------------------------ pod
+
+
+class PodSpecOverrides(ApiModel):
+    """Settings passed to every worker pod."""
+
+    image: str = Field(default="ghcr.io/kubegraft/trainer:0.1.0", min_length=1, max_length=1024)
+    """Container image with the kubegraft trainer."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """Image pull policy."""
+    image_pull_secrets: list[str] = Field(default_factory=list, max_length=16)
+    """Names of Secrets for pulling the image."""
+    resources: KubeObject | None = None
+    """Container resources (requests/limits) besides nvidia.com/gpu, which the operator sets
+    from distributed.gpusPerNode."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pods must match."""
+    tolerations: list[KubeObject] = Field(default_factory=list, max_length=64)
+    """Tolerations (core/v1 Toleration objects)."""
+    affinity: KubeObject | None = None
+    """Affinity (core/v1 Affinity)."""
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    """PriorityClass of the pods."""
+    scheduler_name: str | None = Field(default=None, max_length=253)
+    """Scheduler for the pods (e.g. volcano, or a gang scheduler)."""
+    service_account_name: str | None = Field(default=None, max_length=253)
+    """ServiceAccount the pods run as."""
+    volumes: list[KubeObject] = Field(default_factory=list, max_length=64)
+    """Extra volumes (core/v1 Volume)."""
+    volume_mounts: list[KubeObject] = Field(default_factory=list, max_length=64)
+    """Extra volume mounts in the trainer container (core/v1 VolumeMount)."""
+    env: list[KubeObject] = Field(default_factory=list, max_length=256)
+    """Extra environment variables (core/v1 EnvVar); secrets only by valueFrom reference."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels added to the pods (e.g. kueue.x-k8s.io/queue-name)."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations added to the pods."""
+    shm_size: str = Field(default="2Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)?$")
+    """Size of the memory-backed /dev/shm (data loaders and NCCL need more than the default)."""
+
+
+# --------------------------------------------------------------------------------------- output
+
+
+class OutputSpec(ApiModel):
+    """Where checkpoints, the final model and metrics go."""
+
+    path: str = Field(default="/output", min_length=1, max_length=4096, pattern=r"^/.*")
+    """Directory, shared by all nodes, for checkpoints/, model/ and metrics.json. Locally, a
+    path relative to the manifest is allowed with `kubegraft run`."""
+    persistent_volume_claim: str | None = Field(default=None, max_length=253)
+    """PVC mounted at path in every pod; without it the output lives in an emptyDir and is
+    lost with the pods (fine for tests, not for real work)."""
+    keep_checkpoints: int = Field(default=2, ge=1, le=1000)
+    """How many recent checkpoints to keep (the best one is kept in addition)."""
+    save_final_model: bool = True
+    """Export the final model (Hugging Face format, or a state dict for CNNs)."""
+
+
+# ----------------------------------------------------------------------------------- runPolicy
+
+
+class RunPolicy(ApiModel):
+    """Lifecycle settings; these may change while the job runs."""
+
+    suspend: bool = False
+    """Suspend the job: its pods are deleted, status and checkpoints are kept; resuming
+    restarts from the latest checkpoint. Kueue admits jobs by flipping this."""
+    backoff_limit: int = Field(default=3, ge=0, le=1000)
+    """Number of whole-gang restarts after retryable failures before the job fails."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the job when it has been active longer than this."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the job this long after it succeeded or failed."""
+    startup_timeout_seconds: int = Field(default=600, ge=1)
+    """Fail the job when its pods cannot all start (unschedulable, image pull errors) within this."""
+    stall_timeout_seconds: int = Field(default=1800, ge=10)
+    """Restart the gang as stalled when the training step has not advanced for this long."""
+    restart_backoff_seconds: int = Field(default=10, ge=0, le=3600)
+    """Base delay before a gang restart; doubles with each restart."""
+
+
+# ------------------------------------------------------------------------------------------ spec
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired state: take this pretrained checkpoint, freeze these layers, fine-tune on this
+    data, on N nodes x G processes."""
+
+    model: ModelSpec
+    """The pretrained checkpoint, the task and the new head."""
+    dataset: DatasetSpec
+    """The labelled data."""
+    freeze: FreezeSpec = Field(default_factory=FreezeSpec)
+    """Which parameters train (the layer-freezing policy)."""
+    training: TrainingSpec = Field(default_factory=lambda: TrainingSpec(epochs=1))
+    """Optimisation settings."""
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    """Nodes, processes per node and the parallel strategy."""
+    pod: PodSpecOverrides = Field(default_factory=PodSpecOverrides)
+    """Settings passed to every worker pod."""
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    """Where checkpoints, the final model and metrics go."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Suspend, restarts, deadlines and timeouts."""
+
+
+# ---------------------------------------------------------------------------------------- status
+
+
+class JobState(StrEnum):
+    """The one-word state shown by `kubectl get ftj`."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Condition(ApiModel):
+    """A condition per the Kubernetes API conventions."""
+
+    type: str = Field(max_length=316)
+    """Type of condition in CamelCase: Created, Running, Suspended, Restarting, Succeeded, Failed."""
+    status: Literal["True", "False", "Unknown"]
+    """Status of the condition."""
+    reason: str = Field(max_length=1024)
+    """CamelCase reason for the last transition."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable details."""
+    last_transition_time: str
+    """When the status last changed (RFC 3339)."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The spec generation this condition was set for."""
+
+
+class Progress(ApiModel):
+    """How far training has got (reported by rank 0)."""
+
+    step: int = Field(default=0, ge=0)
+    """Optimizer steps done."""
+    total_steps: int | None = Field(default=None, ge=0)
+    """Optimizer steps in the whole run."""
+    percent: int | None = Field(default=None, ge=0, le=100)
+    """step / totalSteps, in percent."""
+    epoch: float | None = None
+    """Fractional epoch."""
+    eta_seconds: int | None = Field(default=None, ge=0)
+    """Estimated seconds to completion at the current throughput."""
+    eta: str | None = None
+    """The ETA in words, e.g. 12m30s."""
+    samples_per_second: float | None = None
+    """Training throughput over all processes."""
+    display: str | None = None
+    """The progress for printer columns, e.g. 45%."""
+    updated_at: str | None = None
+    """When rank 0 last reported (RFC 3339); the stall detector watches step over time."""
+
+
+class Metrics(ApiModel):
+    """Latest training and validation metrics."""
+
+    train_loss: float | None = None
+    """Training loss (mean over the last logging window)."""
+    eval_loss: float | None = None
+    """Validation loss."""
+    accuracy: float | None = None
+    """Validation accuracy."""
+    precision: float | None = None
+    """Validation precision (macro)."""
+    recall: float | None = None
+    """Validation recall (macro)."""
+    f1: float | None = None
+    """Validation F1 (macro)."""
+    eval_sets: dict[str, dict[str, float]] | None = None
+    """Metrics per named evaluation set."""
+    display: str | None = None
+    """The main metric for printer columns, e.g. f1=0.812."""
+
+
+class Parameters(ApiModel):
+    """Trainable versus total parameters under the freezing policy."""
+
+    trainable: int = Field(ge=0)
+    """Parameters that receive gradients now."""
+    total: int = Field(ge=0)
+    """All parameters of the model."""
+    trainable_percent: float | None = None
+    """trainable / total, in percent."""
+
+
+class CheckpointStatus(ApiModel):
+    """The checkpoints a restart resumes from."""
+
+    latest: str | None = None
+    """Path of the latest complete checkpoint."""
+    latest_step: int | None = None
+    """Step of the latest checkpoint."""
+    best: str | None = None
+    """Path of the best checkpoint by training.metricForBest."""
+    best_metric: float | None = None
+    """Value of metricForBest at the best checkpoint."""
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state, written by the operator. Infrastructure (pods, restarts) and training
+    (progress, metrics) are kept apart."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    observed_generation: int | None = None
+    """The spec generation the operator last acted on."""
+    state: JobState | None = None
+    """One-word state: Pending, Running, Restarting, Suspended, Succeeded or Failed."""
+    reason: str | None = None
+    """CamelCase reason for the state."""
+    message: str | None = None
+    """Details of the state."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Conditions keyed by type."""
+    start_time: str | None = None
+    """When the first gang started running (RFC 3339)."""
+    completion_time: str | None = None
+    """When the job succeeded or failed (RFC 3339)."""
+    restarts: int = 0
+    """Whole-gang restarts so far."""
+    attempt: int = 0
+    """Current gang attempt (pods carry it as a label)."""
+    nodes: int | None = None
+    """Nodes in the gang."""
+    ready_nodes: int | None = None
+    """Pods running and ready."""
+    nodes_ready: str | None = Field(default=None, validation_alias=AliasChoices("nodesReady", "nodes_ready"))
+    """Ready over desired nodes for printer columns, e.g. 2/2."""
+    progress: Progress | None = None
+    """Training progress."""
+    metrics: Metrics | None = None
+    """Latest metrics."""
+    parameters: Parameters | None = None
+    """Trainable and total parameters."""
+    checkpoints: CheckpointStatus | None = None
+    """Latest and best checkpoints."""
+    last_restart_reason: str | None = None
+    """Reason of the latest gang restart."""
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the trainer and the CLI use; the rest passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="job", min_length=1, max_length=63)
+    namespace: str | None = None
+
+
+class FineTuneJob(BaseModel):
+    """A FineTuneJob: fine-tune a pretrained checkpoint on labelled data, on N nodes x G processes."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    api_version: Literal["kubegraft.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["FineTuneJob"] = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the API server stores it."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -1,0 +1,13 @@
+"""`kubegraft validate` (placeholder until its owner fills it in)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare this command's arguments."""
+
+
+def main(args: argparse.Namespace) -> int:
+    raise SystemExit("kubegraft validate: not implemented yet")

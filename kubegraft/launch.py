@@ -1,0 +1,83 @@
+"""The launch command of one node of a FineTuneJob: a pure function of the spec.
+
+Both the operator (the worker pod's command and env) and ``kubegraft run`` (local processes)
+call :func:`build_launch`, so a job starts the same way on a laptop and on a cluster. The
+command is ``torchrun``'s module form, which starts ``procsPerNode`` trainer processes on this
+node and rendezvous with the other nodes at rank 0's address; Accelerate, inside the trainer,
+reads the torchrun environment (and builds the DeepSpeed/FSDP plugin from the spec), so there
+is no ``accelerate launch`` config file to keep in sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kubegraft.api.v1alpha1 import FineTuneJobSpec
+from kubegraft.constants import ENV_JOB_CONFIG
+
+TRAINER_MODULE = "kubegraft_trainer"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """argv and environment for one node."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def build_launch(
+    spec: FineTuneJobSpec,
+    *,
+    node_rank: int,
+    master_addr: str,
+    config_path: str,
+    python: str = "python",
+    extra_env: dict[str, str] | None = None,
+) -> Launch:
+    """Build the command that starts node ``node_rank`` of ``spec.distributed.nodes``.
+
+    ``master_addr`` is rank 0's stable address (the headless Service's DNS name in a cluster,
+    127.0.0.1 locally). The environment carries the rendezvous facts too (MASTER_ADDR, ...,
+    WORLD_SIZE), so logs and tools see them without parsing argv.
+    """
+    d = spec.distributed
+    if not 0 <= node_rank < d.nodes:
+        raise ValueError(f"node_rank {node_rank} is outside 0..{d.nodes - 1}")
+    argv = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={d.nodes}",
+        f"--nproc-per-node={d.procs_per_node}",
+        f"--node-rank={node_rank}",
+        f"--master-addr={master_addr}",
+        f"--master-port={d.master_port}",
+        # Static rendezvous: the gang is all-or-nothing and the operator restarts it whole, so
+        # torchrun's own elastic restarts would only race with the operator's.
+        "--max-restarts=0",
+        "-m",
+        TRAINER_MODULE,
+        "--config",
+        config_path,
+    ]
+    env = {
+        ENV_JOB_CONFIG: config_path,
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(d.master_port),
+        "NNODES": str(d.nodes),
+        "NODE_RANK": str(node_rank),
+        "NPROC_PER_NODE": str(d.procs_per_node),
+        "WORLD_SIZE": str(d.nodes * d.procs_per_node),
+        "PYTHONUNBUFFERED": "1",
+        # One intra-op thread per process unless the user says otherwise: N processes on N
+        # cores each spinning N threads is the classic CPU oversubscription trap.
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if d.strategy.value == "deepspeed":
+        # DeepSpeed must not try to compile ops at start-up on a machine without a compiler.
+        env["DS_BUILD_OPS"] = "0"
+    if extra_env:
+        env.update(extra_env)
+    return Launch(argv=argv, env=env)
