@@ -1,21 +1,33 @@
 """The FineTuneJob API, version v1alpha1: the one source of truth.
 
 Every field's docstring becomes its OpenAPI description in the generated CRD (and so the text
-of ``kubectl explain``); bounds and enums here become schema bounds; cross-field rules are CEL
-expressions attached with :func:`cel` and enforced by the kube-apiserver at admission. The
-operator and the trainer read the same typed objects, so a field means one thing everywhere.
+of ``kubectl explain``); bounds and enums here become schema bounds; cross-field rules are
+:class:`~kubegraft.api.rules.Rule` objects in each model's ``cel_rules``: their CEL side goes
+into the CRD (enforced by the kube-apiserver at admission), their Python side runs as a model
+validator (enforced by ``kubegraft validate``, ``kubegraft run`` and the trainer), so both
+reject the same manifests. The operator and the trainer read the same typed objects, so a field
+means one thing everywhere.
 
 Field names are snake_case in Python and camelCase on the wire (``alias_generator``). Unknown
 fields are rejected (``extra="forbid"``) so that a typo is an error, not a silent default.
+
+Immutability: the CRD cannot see ``status`` from a spec rule, so "immutable while running" is
+enforced as "immutable after creation" for everything that shapes the run (model, dataset,
+freeze, training, distributed, output), with transition rules on the spec. ``runPolicy`` (suspend,
+deadlines, timeouts) and ``pod`` (scheduling settings a queueing system such as Kueue injects
+when it admits a suspended job) stay mutable; pod changes apply to the next gang.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from itertools import pairwise
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from kubegraft.api.rules import Rule, cel_validations, enforce
 
 GROUP = "kubegraft.io"
 VERSION = "v1alpha1"
@@ -24,25 +36,38 @@ KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ("ftj",)
+CATEGORIES = ("all", "kubegraft")
+
+MAX_NAME_LENGTH = 48
+"""Longest FineTuneJob name: the operator derives pod, Service and ConfigMap names (DNS-1035
+labels, at most 63 characters) from it, with room for suffixes such as ``-worker-511``."""
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A FineTuneJob name is a DNS-1035 label, since the headless Service is named after it."""
+
+DATE_TIME: dict[str, Any] = {"format": "date-time"}
+"""Field marker: an RFC 3339 timestamp (the API server checks the format)."""
+
+NO_SERVER_DEFAULT: dict[str, Any] = {"x-kubegraft-no-server-default": True}
+"""Field marker: keep the Python default out of the CRD, so the API server does not store it
+and the operator can tell "unset" (use the operator's own default) from an explicit value."""
 
 
-def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
-    """Attach CEL rules (``rule``, ``message``[, ``fieldPath``]) to a model's schema.
+def cel(*rules: Rule) -> dict[str, Any]:
+    """The ``x-kubernetes-validations`` schema extra for ``rules`` (for hand-built schemas;
+    models list their rules in ``cel_rules`` and get this automatically)."""
+    return {"x-kubernetes-validations": cel_validations(rules)}
 
-    Used as ``model_config = ConfigDict(json_schema_extra=cel(...))``; the CRD generator copies
-    them to ``x-kubernetes-validations`` so that the API server rejects bad specs at apply time.
-    """
-    validations = []
-    for r in rules:
-        item = {"rule": r[0], "message": r[1]}
-        if len(r) == 3:
-            item["fieldPath"] = r[2]
-        validations.append(item)
-    return {"x-kubernetes-validations": validations}
+
+def _schema_extra(schema: dict[str, Any], cls: type[Any]) -> None:
+    """Copy a model's own ``cel_rules`` into its JSON schema for the CRD generator."""
+    rules: tuple[Rule, ...] = getattr(cls, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = cel_validations(rules)
 
 
 class ApiModel(BaseModel):
-    """Base for every API object: camelCase aliases, docstrings as descriptions, no extras."""
+    """Base for every API object: camelCase aliases, docstrings as descriptions, no extras, and
+    the cross-field rules of ``cel_rules`` enforced locally and at admission."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -50,7 +75,16 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_attribute_docstrings=True,
         validate_assignment=True,
+        json_schema_extra=_schema_extra,
     )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+    """Cross-field rules of this object (CEL for the API server, a Python twin for us)."""
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Self:
+        enforce(self, type(self).cel_rules)
+        return self
 
     def to_wire(self) -> dict[str, Any]:
         """The object as the API server stores it: camelCase keys, unset optionals left out."""
@@ -59,7 +93,15 @@ class ApiModel(BaseModel):
 
 # A free-form Kubernetes object (affinity, a toleration, a volume): validated by the API server
 # against the core types when the operator creates the pod, kept opaque here.
-KubeObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+KubeObject = Annotated[
+    dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+]
+
+# Bounded strings for list items and names: the API server's CEL cost estimator needs a bound
+# on every string and list a rule may touch, and unbounded input has no business here anyway.
+ShortStr = Annotated[str, Field(min_length=1, max_length=253)]
+LabelStr = Annotated[str, Field(min_length=1, max_length=1024)]
+PatternStr = Annotated[str, Field(min_length=1, max_length=512)]
 
 
 # --------------------------------------------------------------------------------------- model
@@ -94,11 +136,14 @@ class Head(ApiModel):
     """The new task head put on top of the pretrained backbone (randomly initialised)."""
 
     num_labels: int | None = Field(default=None, ge=1, le=100000)
-    """Number of output classes. Required for classification tasks; derived from the data set's
-    labels when omitted there. Ignored for causal-lm."""
-    hidden_layers: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=list, max_length=8)
+    """Number of output classes for classification tasks; derived from the data set's labels
+    when omitted. Not allowed with causal-lm."""
+    hidden_layers: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=list, max_length=8
+    )
     """Sizes of extra fully connected layers inserted between the backbone's features and the
-    output layer, e.g. [512, 256]. Empty means a single linear layer."""
+    output layer, e.g. [512, 256]. Empty means a single linear layer. Not allowed with
+    causal-lm."""
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Dropout probability applied before each layer of the new head."""
     activation: Literal["relu", "gelu", "tanh"] = "relu"
@@ -106,22 +151,42 @@ class Head(ApiModel):
 
 
 class ModelSpec(ApiModel):
-    """The pretrained checkpoint to start from and the task to fine-tune it for."""
+    """The pretrained checkpoint to start from and the task to fine-tune it for. Immutable after
+    creation."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            (
-                "self.task == 'causal-lm' || !has(self.architecture) || self.architecture != ''",
-                "architecture must not be empty when set",
-                ".architecture",
-            ),
-            (
-                "!has(self.format) || self.format != 'state-dict' || has(self.architecture)",
-                "architecture is required when format is state-dict (a bare state dict does not "
-                "say which network it belongs to)",
-                ".architecture",
-            ),
-        )
+    cel_rules = (
+        Rule(
+            "!has(self.format) || self.format != 'state-dict' || has(self.architecture)",
+            "architecture is required when format is state-dict (a bare state dict does not "
+            "say which network it belongs to)",
+            ".architecture",
+            lambda m: m.format != CheckpointFormat.STATE_DICT or m.architecture is not None,
+        ),
+        Rule(
+            "self.task != 'causal-lm' || !has(self.head) || !has(self.head.numLabels)",
+            "head.numLabels is not allowed with task causal-lm (the LM head predicts tokens)",
+            ".head.numLabels",
+            lambda m: m.task != Task.CAUSAL_LM or m.head.num_labels is None,
+        ),
+        Rule(
+            "self.task != 'causal-lm' || !has(self.head) || !has(self.head.hiddenLayers) "
+            "|| size(self.head.hiddenLayers) == 0",
+            "head.hiddenLayers is not allowed with task causal-lm (the pretrained LM head is kept)",
+            ".head.hiddenLayers",
+            lambda m: m.task != Task.CAUSAL_LM or not m.head.hidden_layers,
+        ),
+        Rule(
+            "!has(self.revision) || self.checkpoint.startsWith('hf://')",
+            "revision is only allowed with an hf:// checkpoint",
+            ".revision",
+            lambda m: m.revision is None or m.checkpoint.startswith("hf://"),
+        ),
+        Rule(
+            "!has(self.tokenSecretRef) || self.checkpoint.startsWith('hf://')",
+            "tokenSecretRef is only allowed with an hf:// checkpoint (it holds a Hub token)",
+            ".tokenSecretRef",
+            lambda m: m.token_secret_ref is None or m.checkpoint.startswith("hf://"),
+        ),
     )
 
     checkpoint: str = Field(min_length=1, max_length=2048)
@@ -134,10 +199,10 @@ class ModelSpec(ApiModel):
     format: CheckpointFormat = CheckpointFormat.AUTO
     """How the checkpoint is stored: huggingface (config + weights + tokenizer), state-dict (a
     torch state dict for a known architecture), or auto to detect it."""
-    architecture: str | None = Field(default=None, max_length=128)
+    architecture: str | None = Field(default=None, min_length=1, max_length=128)
     """The network definition for a state-dict checkpoint, when the checkpoint does not say it,
     e.g. efficientnet_lite0, resnet50, vgg16 (timm/torchvision names)."""
-    revision: str | None = Field(default=None, max_length=255)
+    revision: str | None = Field(default=None, min_length=1, max_length=255)
     """Hub revision (branch, tag or commit) for hf:// checkpoints."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret holding a Hugging Face Hub token, for gated or private checkpoints. Mounted into
@@ -176,32 +241,49 @@ class EvalSet(DataSource):
 
 
 class DatasetSpec(ApiModel):
-    """The labelled data to fine-tune on."""
+    """The labelled data to fine-tune on. Immutable after creation."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            (
-                "!(has(self.includeLabels) && has(self.excludeLabels))",
-                "set at most one of includeLabels and excludeLabels",
+    cel_rules = (
+        Rule(
+            "!(has(self.includeLabels) && has(self.excludeLabels))",
+            "set at most one of includeLabels and excludeLabels",
+            ".excludeLabels",
+            lambda d: d.include_labels is None or d.exclude_labels is None,
+        ),
+        Rule(
+            "!(has(self.validation) && has(self.validationSplit))",
+            "set at most one of validation and validationSplit (a split is carved out of train "
+            "only when there is no validation set)",
+            ".validationSplit",
+            lambda d: d.validation is None or d.validation_split is None,
+        ),
+        Rule(
+            "has(self.validation) || has(self.validationSplit) "
+            "|| (has(self.evalSets) && size(self.evalSets) > 0)",
+            "validation data is required: give validation, validationSplit or at least one "
+            "evalSets entry",
+            ".validation",
+            lambda d: (
+                d.validation is not None or d.validation_split is not None or bool(d.eval_sets)
             ),
-            (
-                "has(self.validation) || has(self.validationSplit) || (has(self.evalSets) && size(self.evalSets) > 0)",
-                "give a validation set, a validationSplit or at least one evalSet",
-            ),
-            (
-                "!has(self.evalSets) || self.evalSets.all(a, self.evalSets.exists_one(b, b.name == a.name))",
-                "evalSets names must be unique",
-                ".evalSets",
-            ),
-        )
+        ),
+        Rule(
+            "!has(self.evalSets) "
+            "|| self.evalSets.all(a, self.evalSets.exists_one(b, b.name == a.name))",
+            "evalSets names must be unique",
+            ".evalSets",
+            lambda d: d.eval_sets is None or len({e.name for e in d.eval_sets}) == len(d.eval_sets),
+        ),
     )
 
     train: DataSource
     """The training data."""
     validation: DataSource | None = None
-    """A separate validation set. Without it, validationSplit carves one out of train."""
+    """A separate validation set. Without it, validationSplit carves one out of train (set one
+    of the two, or evalSets)."""
     validation_split: float | None = Field(default=None, gt=0.0, lt=1.0)
-    """Fraction of train held out (stratified, seeded) for validation when no validation set is given."""
+    """Fraction of train held out (stratified, seeded) for validation when no validation set is
+    given."""
     eval_sets: list[EvalSet] | None = Field(default=None, max_length=16)
     """Extra named evaluation sets, each reported separately (distribution shift shows here)."""
     text_field: str = Field(default="text", min_length=1, max_length=256)
@@ -210,9 +292,10 @@ class DatasetSpec(ApiModel):
     """Field holding the class label (a name or an integer)."""
     image_field: str = Field(default="image", min_length=1, max_length=256)
     """Field holding an image path, for tabular image data sets."""
-    include_labels: list[str] | None = Field(default=None, max_length=100000)
-    """Keep only examples with these labels (e.g. digits 0-4 for pretraining)."""
-    exclude_labels: list[str] | None = Field(default=None, max_length=100000)
+    include_labels: list[LabelStr] | None = Field(default=None, max_length=10000)
+    """Keep only examples with these labels (e.g. digits 0-4 for pretraining). Not together
+    with excludeLabels."""
+    exclude_labels: list[LabelStr] | None = Field(default=None, max_length=10000)
     """Drop examples with these labels (e.g. catch-all classes)."""
     max_samples: int | None = Field(default=None, ge=1)
     """Use at most this many training examples (a seeded, stratified subset), for quick runs."""
@@ -253,17 +336,21 @@ class UnfreezeStage(ApiModel):
     """Number of top blocks trainable in this stage; omit for all blocks."""
 
 
+def _strictly_increasing(values: list[int]) -> bool:
+    return all(a < b for a, b in pairwise(values))
+
+
 class GradualUnfreezing(ApiModel):
     """Unfreeze blocks from the top down as training goes (ULMFiT-style)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            (
-                "self.stages.map(s, s.at).isSorted() && self.stages.all(s, self.stages.exists_one(t, t.at == s.at))",
-                "stages must be in strictly increasing order of at",
-                ".stages",
-            ),
-        )
+    cel_rules = (
+        Rule(
+            "self.stages.map(s, s.at).isSorted() "
+            "&& self.stages.all(s, self.stages.exists_one(t, t.at == s.at))",
+            "stages must be in strictly increasing order of at",
+            ".stages",
+            lambda g: _strictly_increasing([s.at for s in g.stages]),
+        ),
     )
 
     unit: ScheduleUnit = ScheduleUnit.EPOCH
@@ -281,7 +368,7 @@ class LoraSpec(ApiModel):
     """Scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     """Dropout on the adapters' input."""
-    target_modules: list[str] | None = Field(default=None, max_length=64)
+    target_modules: list[ShortStr] | None = Field(default=None, max_length=64)
     """Module names (suffixes) that get adapters, e.g. [query, value]; defaults per architecture."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases train alongside the adapters."""
@@ -289,18 +376,43 @@ class LoraSpec(ApiModel):
 
 class FreezeSpec(ApiModel):
     """Which parameters train. One line for the common case (a preset); patterns, a schedule and
-    layer-wise learning-rate decay for the rare one."""
+    layer-wise learning-rate decay for the rare one. Immutable after creation."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            ("self.preset == 'top-k' ? has(self.topK) : !has(self.topK)", "topK is required with preset top-k and only allowed with it", ".topK"),
-            ("!has(self.lora) || self.preset == 'lora'", "lora options are only allowed with preset lora", ".lora"),
-            (
-                "!has(self.gradualUnfreezing) || self.preset in ['feature-extraction', 'top-k']",
-                "gradualUnfreezing starts from a frozen backbone: use it with preset feature-extraction or top-k",
-                ".gradualUnfreezing",
+    cel_rules = (
+        Rule(
+            "self.preset == 'top-k' ? has(self.topK) : !has(self.topK)",
+            "topK is required with preset top-k and only allowed with it",
+            ".topK",
+            lambda f: (f.preset == FreezePreset.TOP_K) == (f.top_k is not None),
+        ),
+        Rule(
+            "!has(self.lora) || self.preset == 'lora'",
+            "lora options are only allowed with preset lora",
+            ".lora",
+            lambda f: f.lora is None or f.preset == FreezePreset.LORA,
+        ),
+        Rule(
+            "!has(self.gradualUnfreezing) || self.preset in ['feature-extraction', 'top-k']",
+            "gradualUnfreezing starts from a frozen backbone: use it with preset "
+            "feature-extraction or top-k",
+            ".gradualUnfreezing",
+            lambda f: (
+                f.gradual_unfreezing is None
+                or f.preset in (FreezePreset.FEATURE_EXTRACTION, FreezePreset.TOP_K)
             ),
-        )
+        ),
+        Rule(
+            "!has(self.layerwiseLrDecay) || self.preset != 'feature-extraction' "
+            "|| has(self.gradualUnfreezing)",
+            "layerwiseLrDecay has no effect with preset feature-extraction (only the head "
+            "trains) unless gradualUnfreezing unfreezes blocks",
+            ".layerwiseLrDecay",
+            lambda f: (
+                f.layerwise_lr_decay is None
+                or f.preset != FreezePreset.FEATURE_EXTRACTION
+                or f.gradual_unfreezing is not None
+            ),
+        ),
     )
 
     preset: FreezePreset = FreezePreset.FULL
@@ -309,10 +421,10 @@ class FreezeSpec(ApiModel):
     adapters (and the head) train, the base weights stay frozen."""
     top_k: int | None = Field(default=None, ge=1, le=10000)
     """Number of top blocks that train, with preset top-k."""
-    freeze_patterns: list[str] = Field(default_factory=list, max_length=256)
+    freeze_patterns: list[PatternStr] = Field(default_factory=list, max_length=256)
     """Extra module-name patterns (fnmatch globs on dotted parameter names, e.g.
     `*.attention.*`) to freeze after the preset is applied."""
-    train_patterns: list[str] = Field(default_factory=list, max_length=256)
+    train_patterns: list[PatternStr] = Field(default_factory=list, max_length=256)
     """Module-name patterns that train whatever the preset says (applied last, so they win)."""
     freeze_embeddings: bool | None = None
     """Freeze the token/position embeddings (or a CNN's stem). Omit to follow the preset."""
@@ -359,13 +471,27 @@ class EarlyStopping(ApiModel):
 
 
 class TrainingSpec(ApiModel):
-    """Optimisation settings."""
+    """Optimisation settings. Immutable after creation."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            ("has(self.epochs) != has(self.maxSteps)", "set exactly one of epochs and maxSteps"),
-            ("!(has(self.warmupSteps) && has(self.warmupRatio))", "set at most one of warmupSteps and warmupRatio"),
-        )
+    cel_rules = (
+        Rule(
+            "has(self.epochs) != has(self.maxSteps)",
+            "set exactly one of epochs and maxSteps",
+            ".epochs",
+            lambda t: (t.epochs is None) != (t.max_steps is None),
+        ),
+        Rule(
+            "!(has(self.warmupSteps) && has(self.warmupRatio))",
+            "set at most one of warmupSteps and warmupRatio",
+            ".warmupRatio",
+            lambda t: t.warmup_steps is None or t.warmup_ratio is None,
+        ),
+        Rule(
+            "!has(self.warmupSteps) || !has(self.maxSteps) || self.warmupSteps < self.maxSteps",
+            "warmupSteps must be less than maxSteps",
+            ".warmupSteps",
+            lambda t: t.warmup_steps is None or t.max_steps is None or t.warmup_steps < t.max_steps,
+        ),
     )
 
     epochs: int | None = Field(default=None, ge=1, le=10000)
@@ -391,7 +517,7 @@ class TrainingSpec(ApiModel):
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     max_grad_norm: float | None = Field(default=1.0, gt=0.0)
-    """Clip gradients to this global norm; omit to not clip."""
+    """Clip gradients to this global norm; 1.0 when omitted."""
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
     """Seed for data order, head initialisation and dropout."""
     eval_every_steps: int | None = Field(default=None, ge=1)
@@ -401,7 +527,8 @@ class TrainingSpec(ApiModel):
     early_stopping: EarlyStopping | None = None
     """Stop early when the validation metric stops improving."""
     metric_for_best: str = Field(default="f1", pattern=r"^(loss|accuracy|precision|recall|f1)$")
-    """Validation metric that picks the best checkpoint (loss is minimised, the others maximised)."""
+    """Validation metric that picks the best checkpoint (loss is minimised, the others
+    maximised)."""
     cache_frozen_features: bool = True
     """When only the head trains and the frozen backbone is deterministic, compute its outputs
     once and reuse them across epochs (same results, far faster)."""
@@ -425,10 +552,20 @@ class Strategy(StrEnum):
 class DeepSpeedSpec(ApiModel):
     """DeepSpeed ZeRO options."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            ("!self.offloadParams || self.zeroStage == 3", "offloadParams needs zeroStage 3", ".offloadParams"),
-        )
+    cel_rules = (
+        Rule(
+            "!self.offloadParams || self.zeroStage == 3",
+            "offloadParams needs zeroStage 3 (only stage 3 partitions the parameters)",
+            ".offloadParams",
+            lambda d: not d.offload_params or d.zero_stage == 3,
+        ),
+        Rule(
+            "!self.offloadOptimizer || self.zeroStage >= 1",
+            "offloadOptimizer needs zeroStage 1, 2 or 3 (stage 0 keeps no partitioned "
+            "optimizer state)",
+            ".offloadOptimizer",
+            lambda d: not d.offload_optimizer or d.zero_stage >= 1,
+        ),
     )
 
     zero_stage: Literal[0, 1, 2, 3] = 2
@@ -440,12 +577,33 @@ class DeepSpeedSpec(ApiModel):
 
 
 class DistributedSpec(ApiModel):
-    """The size and shape of the run: nodes x processes (GPUs) per node."""
+    """The size and shape of the run: nodes x processes (GPUs) per node. Immutable after
+    creation."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            ("!has(self.deepspeed) || self.strategy == 'deepspeed'", "deepspeed options are only allowed with strategy deepspeed", ".deepspeed"),
-        )
+    cel_rules = (
+        Rule(
+            "!has(self.deepspeed) || self.strategy == 'deepspeed'",
+            "deepspeed options are only allowed with strategy deepspeed",
+            ".deepspeed",
+            lambda d: d.deepspeed is None or d.strategy == Strategy.DEEPSPEED,
+        ),
+        Rule(
+            "!has(self.gpusPerNode) || self.gpusPerNode == 0 "
+            "|| self.gpusPerNode >= self.procsPerNode",
+            "gpusPerNode must be 0 (a CPU run) or at least procsPerNode (one GPU per process)",
+            ".gpusPerNode",
+            lambda d: (
+                d.gpus_per_node is None
+                or d.gpus_per_node == 0
+                or d.gpus_per_node >= d.procs_per_node
+            ),
+        ),
+        Rule(
+            "self.backend != 'nccl' || !has(self.gpusPerNode) || self.gpusPerNode > 0",
+            "backend nccl needs GPUs: use gloo or auto when gpusPerNode is 0",
+            ".backend",
+            lambda d: d.backend != "nccl" or d.gpus_per_node is None or d.gpus_per_node > 0,
+        ),
     )
 
     nodes: int = Field(default=1, ge=1, le=512)
@@ -470,11 +628,16 @@ class DistributedSpec(ApiModel):
 class PodSpecOverrides(ApiModel):
     """Settings passed to every worker pod."""
 
-    image: str = Field(default="ghcr.io/kubegraft/trainer:0.1.0", min_length=1, max_length=1024)
-    """Container image with the kubegraft trainer."""
+    image: str = Field(
+        default="ghcr.io/kubegraft/trainer:0.1.0",
+        min_length=1,
+        max_length=1024,
+        json_schema_extra=NO_SERVER_DEFAULT,
+    )
+    """Container image with the kubegraft trainer; omitted means the operator's default."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy."""
-    image_pull_secrets: list[str] = Field(default_factory=list, max_length=16)
+    image_pull_secrets: list[ShortStr] = Field(default_factory=list, max_length=16)
     """Names of Secrets for pulling the image."""
     resources: KubeObject | None = None
     """Container resources (requests/limits) besides nvidia.com/gpu, which the operator sets
@@ -539,7 +702,8 @@ class RunPolicy(ApiModel):
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the job this long after it succeeded or failed."""
     startup_timeout_seconds: int = Field(default=600, ge=1)
-    """Fail the job when its pods cannot all start (unschedulable, image pull errors) within this."""
+    """Fail the job when its pods cannot all start (unschedulable, image pull errors) within
+    this."""
     stall_timeout_seconds: int = Field(default=1800, ge=10)
     """Restart the gang as stalled when the training step has not advanced for this long."""
     restart_backoff_seconds: int = Field(default=10, ge=0, le=3600)
@@ -549,26 +713,74 @@ class RunPolicy(ApiModel):
 # ------------------------------------------------------------------------------------------ spec
 
 
+IMMUTABLE_SPEC_FIELDS = ("model", "dataset", "freeze", "training", "distributed", "output")
+"""Spec fields (wire names) that may not change after creation; runPolicy and pod may."""
+
+
+def _immutable(field: str) -> Rule:
+    """A transition rule keeping ``spec.<field>`` as created (present or absent, and equal)."""
+    return Rule(
+        f"has(self.{field}) == has(oldSelf.{field}) "
+        f"&& (!has(self.{field}) || self.{field} == oldSelf.{field})",
+        f"{field} is immutable after creation (only runPolicy and pod may change; delete and "
+        "recreate the job to change it)",
+        f".{field}",
+    )
+
+
+def _text_task_data_ok(spec: FineTuneJobSpec) -> bool:
+    if spec.model.task == Task.IMAGE_CLASSIFICATION:
+        return True
+    return spec.dataset.train.format != DataFormat.IMAGE_FOLDER
+
+
+def _text_task_validation_ok(spec: FineTuneJobSpec) -> bool:
+    if spec.model.task == Task.IMAGE_CLASSIFICATION or spec.dataset.validation is None:
+        return True
+    return spec.dataset.validation.format != DataFormat.IMAGE_FOLDER
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state: take this pretrained checkpoint, freeze these layers, fine-tune on this
-    data, on N nodes x G processes."""
+    data, on N nodes x G processes. model, dataset, freeze, training, distributed and output
+    are immutable after creation; runPolicy and pod may change."""
+
+    cel_rules = (
+        Rule(
+            "self.model.task == 'image-classification' || !has(self.dataset.train.format) "
+            "|| self.dataset.train.format != 'image-folder'",
+            "dataset.train.format image-folder is only allowed with task image-classification",
+            ".dataset.train.format",
+            _text_task_data_ok,
+        ),
+        Rule(
+            "self.model.task == 'image-classification' || !has(self.dataset.validation) "
+            "|| !has(self.dataset.validation.format) "
+            "|| self.dataset.validation.format != 'image-folder'",
+            "dataset.validation.format image-folder is only allowed with task image-classification",
+            ".dataset.validation.format",
+            _text_task_validation_ok,
+        ),
+        *(_immutable(f) for f in IMMUTABLE_SPEC_FIELDS),
+    )
 
     model: ModelSpec
-    """The pretrained checkpoint, the task and the new head."""
+    """The pretrained checkpoint, the task and the new head. Immutable after creation."""
     dataset: DatasetSpec
-    """The labelled data."""
+    """The labelled data. Immutable after creation."""
     freeze: FreezeSpec = Field(default_factory=FreezeSpec)
-    """Which parameters train (the layer-freezing policy)."""
+    """Which parameters train (the layer-freezing policy). Immutable after creation."""
     training: TrainingSpec = Field(default_factory=lambda: TrainingSpec(epochs=1))
-    """Optimisation settings."""
+    """Optimisation settings (one epoch when omitted). Immutable after creation."""
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
-    """Nodes, processes per node and the parallel strategy."""
+    """Nodes, processes per node and the parallel strategy. Immutable after creation."""
     pod: PodSpecOverrides = Field(default_factory=PodSpecOverrides)
-    """Settings passed to every worker pod."""
+    """Settings passed to every worker pod. Mutable (e.g. by a queueing system that injects
+    node selectors when it admits a suspended job); changes apply to the next gang."""
     output: OutputSpec = Field(default_factory=OutputSpec)
-    """Where checkpoints, the final model and metrics go."""
+    """Where checkpoints, the final model and metrics go. Immutable after creation."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
-    """Suspend, restarts, deadlines and timeouts."""
+    """Suspend, restarts, deadlines and timeouts. Mutable while the job runs."""
 
 
 # ---------------------------------------------------------------------------------------- status
@@ -589,14 +801,15 @@ class Condition(ApiModel):
     """A condition per the Kubernetes API conventions."""
 
     type: str = Field(max_length=316)
-    """Type of condition in CamelCase: Created, Running, Suspended, Restarting, Succeeded, Failed."""
+    """Type of condition in CamelCase: Created, Running, Suspended, Restarting, Succeeded,
+    Failed."""
     status: Literal["True", "False", "Unknown"]
     """Status of the condition."""
     reason: str = Field(max_length=1024)
     """CamelCase reason for the last transition."""
     message: str = Field(default="", max_length=32768)
     """Human-readable details."""
-    last_transition_time: str
+    last_transition_time: str = Field(json_schema_extra=DATE_TIME)
     """When the status last changed (RFC 3339)."""
     observed_generation: int | None = Field(default=None, ge=0)
     """The spec generation this condition was set for."""
@@ -675,7 +888,10 @@ class FineTuneJobStatus(ApiModel):
     (progress, metrics) are kept apart."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", use_attribute_docstrings=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     observed_generation: int | None = None
@@ -686,11 +902,14 @@ class FineTuneJobStatus(ApiModel):
     """CamelCase reason for the state."""
     message: str | None = None
     """Details of the state."""
-    conditions: list[Condition] = Field(default_factory=list)
-    """Conditions keyed by type."""
-    start_time: str | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Conditions keyed by type (at most one per type)."""
+    start_time: str | None = Field(default=None, json_schema_extra=DATE_TIME)
     """When the first gang started running (RFC 3339)."""
-    completion_time: str | None = None
+    completion_time: str | None = Field(default=None, json_schema_extra=DATE_TIME)
     """When the job succeeded or failed (RFC 3339)."""
     restarts: int = 0
     """Whole-gang restarts so far."""
@@ -700,7 +919,7 @@ class FineTuneJobStatus(ApiModel):
     """Nodes in the gang."""
     ready_nodes: int | None = None
     """Pods running and ready."""
-    nodes_ready: str | None = Field(default=None, validation_alias=AliasChoices("nodesReady", "nodes_ready"))
+    nodes_ready: str | None = None
     """Ready over desired nodes for printer columns, e.g. 2/2."""
     progress: Progress | None = None
     """Training progress."""
@@ -719,17 +938,24 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(default="job", min_length=1, max_length=63)
+    name: str = Field(default="job", min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    """The job's name: a DNS-1035 label of at most 48 characters (see MAX_NAME_LENGTH)."""
     namespace: str | None = None
+    """The job's namespace."""
 
 
 class FineTuneJob(BaseModel):
-    """A FineTuneJob: fine-tune a pretrained checkpoint on labelled data, on N nodes x G processes."""
+    """A FineTuneJob: fine-tune a pretrained checkpoint on labelled data, on N nodes x G
+    processes."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    api_version: Literal["kubegraft.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
-    kind: Literal["FineTuneJob"] = KIND
+    api_version: Literal["kubegraft.io/v1alpha1"] = Field(
+        default="kubegraft.io/v1alpha1", alias="apiVersion"
+    )
+    """Always kubegraft.io/v1alpha1 (API_VERSION)."""
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
+    """Always FineTuneJob (KIND)."""
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: FineTuneJobSpec
     status: FineTuneJobStatus | None = None
