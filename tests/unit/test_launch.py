@@ -1,0 +1,58 @@
+"""The launch builder is pure: same spec and rank in, same argv and env out."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubegraft.api.v1alpha1 import FineTuneJobSpec
+from kubegraft.constants import ENV_JOB_CONFIG
+from kubegraft.launch import build_launch
+
+pytestmark = pytest.mark.unit
+
+
+def _spec(**distributed: object) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(
+        {
+            "model": {"checkpoint": "/models/bert", "task": "sequence-classification"},
+            "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
+            "distributed": {"nodes": 2, "procsPerNode": 8, **distributed},
+        }
+    )
+
+
+def test_torchrun_argv_for_node_rank() -> None:
+    launch = build_launch(_spec(), node_rank=1, master_addr="job-worker-0.job", config_path="/etc/kubegraft/job.yaml")
+    argv = launch.argv
+    assert argv[1:3] == ["-m", "torch.distributed.run"]
+    assert "--nnodes=2" in argv
+    assert "--nproc-per-node=8" in argv
+    assert "--node-rank=1" in argv
+    assert "--master-addr=job-worker-0.job" in argv
+    assert "--master-port=29500" in argv
+    assert argv[-4:] == ["-m", "kubegraft_trainer", "--config", "/etc/kubegraft/job.yaml"]
+
+
+def test_env_carries_the_rendezvous() -> None:
+    env = build_launch(_spec(masterPort=23456), node_rank=0, master_addr="127.0.0.1", config_path="c.yaml").env
+    assert env["WORLD_SIZE"] == "16"
+    assert env["NODE_RANK"] == "0"
+    assert env["MASTER_PORT"] == "23456"
+    assert env[ENV_JOB_CONFIG] == "c.yaml"
+    assert "DS_BUILD_OPS" not in env
+
+
+def test_deepspeed_disables_op_builds() -> None:
+    env = build_launch(_spec(strategy="deepspeed"), node_rank=0, master_addr="a", config_path="c").env
+    assert env["DS_BUILD_OPS"] == "0"
+
+
+def test_rank_out_of_range_is_rejected() -> None:
+    with pytest.raises(ValueError, match="node_rank 2"):
+        build_launch(_spec(), node_rank=2, master_addr="a", config_path="c")
+
+
+def test_same_input_same_output() -> None:
+    a = build_launch(_spec(), node_rank=1, master_addr="m", config_path="c")
+    b = build_launch(_spec(), node_rank=1, master_addr="m", config_path="c")
+    assert a == b
