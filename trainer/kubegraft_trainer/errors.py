@@ -1,0 +1,25 @@
+"""Errors the trainer turns into exit codes.
+
+A :class:`ConfigError` is a permanent problem with the job itself (a bad manifest, a missing,
+corrupt or mismatched checkpoint, unusable data): retrying cannot help, so the entrypoint
+exits with ``kubegraft.exitcodes.ExitCode.CONFIG_ERROR`` (78) and the operator fails the job at
+once instead of restarting the gang. Messages start with the manifest field they concern,
+e.g. ``spec.model.checkpoint: ...``, so the user knows what to fix.
+"""
+
+from __future__ import annotations
+
+from kubegraft.exitcodes import ExitCode
+
+
+class ConfigError(Exception):
+    """Bad manifest, missing/corrupt/mismatched checkpoint, unusable data -> exit code 78.
+
+    The message names the field, e.g. ``spec.model.checkpoint: no such file /x.pth``.
+    """
+
+    exit_code: int = int(ExitCode.CONFIG_ERROR)
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
