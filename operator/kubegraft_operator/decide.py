@@ -1,0 +1,519 @@
+"""The FineTuneJob state machine: ``decide(job, observed, now) -> Decision``. Pure.
+
+One call looks at the job (spec and the status written last time), the observed pods, nodes
+and progress report, and the clock, and returns everything the shell must do: the complete
+new status (written in ONE patch), objects to create if absent, pods to delete, Events to emit
+after the write, and when to look again. No I/O and no clock reads here, so every path
+(gang restart, back-off, stall, startup timeout, deadline, suspend, TTL) is a unit test.
+
+States (``status.state``) and how they move::
+
+    (new) -> Pending --all workers Running--> Running --all exit 0--> Succeeded
+               |  \\_ startupTimeout (Unschedulable, ImagePullBackOff, StartupTimeout) -> Failed
+               v
+    any retryable failure (exit 1/75/137.., pod deleted/evicted, node NotReady, stall)
+        -> Restarting (old gang deleted, back-off base*2^(n-1)) -> Pending (attempt+1) -> ...
+        -> Failed BackoffLimitExceeded once restarts == backoffLimit
+    exit 78 (CONFIG_ERROR) -> Failed ConfigurationError at once
+    activeDeadlineSeconds since startTime -> Failed DeadlineExceeded
+    suspend: true -> Suspended (pods deleted, status kept); false -> Pending (attempt+1)
+
+Clocks come from the status itself, so a restarted operator resumes them: the back-off from
+the Restarting condition's lastTransitionTime, the startup timeout from the current attempt's
+pod creation times, the stall timeout from ``progress.updatedAt`` (when the step last changed)
+or the Running condition's lastTransitionTime, the deadline from ``startTime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
+from kubegraft.exitcodes import describe, is_permanent
+from kubegraft_operator import conditions as cond
+from kubegraft_operator.observe import (
+    CONFIG_PROBLEMS,
+    IMAGE_PROBLEMS,
+    Observation,
+    PodObservation,
+    PodPhase,
+    format_time,
+    parse_time,
+)
+from kubegraft_operator.progress_status import fold_progress
+from kubegraft_operator.render import render_infrastructure, render_pod
+
+Obj = dict[str, Any]
+
+RESYNC_SECONDS = 60.0
+"""Look again at least this often even when nothing happens (a missed watch event heals)."""
+CONFIRM_SECONDS = 2.0
+"""Look again soon while waiting for pods we deleted to go away."""
+ACTIVE = frozenset({PodPhase.PENDING, PodPhase.RUNNING, PodPhase.UNKNOWN})
+
+WARNING_REASONS = frozenset(
+    {
+        "Unschedulable",
+        "ImagePullBackOff",
+        "CreateContainerConfigError",
+        "StartupTimeout",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the job after the status write succeeded."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    """What one reconcile must do."""
+
+    status: FineTuneJobStatus
+    """The complete new status (the shell writes it only when it differs from the old one)."""
+    create: list[Obj] = field(default_factory=list)
+    """Objects to create if absent, in order (a 409 AlreadyExists is success)."""
+    delete_pods: list[str] = field(default_factory=list)
+    """Pod names to delete (a 404 is success)."""
+    force_delete_pods: list[str] = field(default_factory=list)
+    """Pods on NotReady nodes: deleted with grace period 0, since no kubelet will confirm a
+    graceful deletion and the next gang must not wait for them forever."""
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = RESYNC_SECONDS
+    """Seconds until the next look even without a watch event."""
+    delete_job: bool = False
+    """ttlSecondsAfterFinished has passed: delete the FineTuneJob itself."""
+    gang_restart_reason: str | None = None
+    """Set when this decision restarts the gang (for the restarts-by-reason counter)."""
+
+
+@dataclass
+class _Ctx:
+    job: FineTuneJob
+    obs: Observation
+    now: datetime
+    now_s: str
+    generation: int | None
+    namespace: str
+    uid: str
+    status: FineTuneJobStatus
+    decision: Decision = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decision = Decision(status=self.status)
+
+    def set(self, type_: str, status: cond.Status, reason: str, message: str = "") -> None:
+        self.status.conditions = cond.set_condition(
+            self.status.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            now=self.now_s,
+            generation=self.generation,
+        )
+
+    def clear(self, type_: str, reason: str, message: str = "") -> None:
+        """Set a condition False, but only if it exists (absent conditions stay absent)."""
+        if cond.get_condition(self.status.conditions, type_) is not None:
+            self.set(type_, "False", reason, message)
+
+    def state(self, state: JobState, reason: str, message: str) -> None:
+        self.status.state = state
+        self.status.reason = reason
+        self.status.message = message
+
+    def requeue(self, seconds: float | None) -> None:
+        """Keep the earliest requested requeue."""
+        if seconds is None:
+            return
+        seconds = max(0.5, seconds)
+        cur = self.decision.requeue_after
+        self.decision.requeue_after = seconds if cur is None else min(cur, seconds)
+
+    def delete_active(self, pods: list[PodObservation]) -> None:
+        lost = self.obs.not_ready_nodes
+        for p in pods:
+            if p.phase not in ACTIVE:
+                continue
+            if p.node_name and p.node_name in lost:
+                if p.name not in self.decision.force_delete_pods:
+                    self.decision.force_delete_pods.append(p.name)
+            elif not p.deleting and p.name not in self.decision.delete_pods:
+                self.decision.delete_pods.append(p.name)
+
+
+def _meta_extra(job: FineTuneJob, key: str) -> Any:
+    return (job.metadata.model_extra or {}).get(key)
+
+
+def backoff_seconds(base: int, restarts: int) -> float:
+    """Delay before gang restart number ``restarts`` (1-based): base * 2^(restarts-1), capped
+    at one hour."""
+    return float(min(3600, base * (2 ** max(0, restarts - 1))))
+
+
+def decide(job: FineTuneJob, observed: Observation, now: datetime) -> Decision:
+    """The next step for ``job`` given what is observed at ``now``."""
+    old = job.status or FineTuneJobStatus()
+    status = old.model_copy(deep=True)
+    ctx = _Ctx(
+        job=job,
+        obs=observed,
+        now=now,
+        now_s=format_time(now),
+        generation=_meta_extra(job, "generation"),
+        namespace=job.metadata.namespace or "default",
+        uid=str(_meta_extra(job, "uid") or ""),
+        status=status,
+    )
+    spec = job.spec
+    n = spec.distributed.nodes
+    status.nodes = n
+    status.observed_generation = ctx.generation
+    ctx.status = status = fold_progress(
+        status, observed.progress, main_metric=spec.training.metric_for_best, now=ctx.now_s
+    )
+    ctx.decision.status = status
+
+    _step(ctx)
+
+    # Infrastructure numbers, after the step (a restart moves to a new attempt).
+    current = [p for p in observed.pods if p.attempt == status.attempt]
+    ready = sum(1 for p in current if p.phase == PodPhase.RUNNING and not p.deleting)
+    if status.state in (JobState.SUCCEEDED,):
+        ready = 0
+    status.ready_nodes = ready
+    status.nodes_ready = f"{ready}/{n}"
+
+    if (old.state, old.reason) != (status.state, status.reason) and status.state is not None:
+        ctx.decision.events.append(_event_for(status))
+    return ctx.decision
+
+
+def _event_for(status: FineTuneJobStatus) -> Event:
+    reason = status.reason or str(status.state)
+    warn = status.state in (JobState.FAILED, JobState.RESTARTING) or reason in WARNING_REASONS
+    return Event(type="Warning" if warn else "Normal", reason=reason, message=status.message or "")
+
+
+def _step(ctx: _Ctx) -> None:
+    st = ctx.status
+    spec = ctx.job.spec
+    rp = spec.run_policy
+    pods = list(ctx.obs.pods)
+
+    if st.state in (JobState.SUCCEEDED, JobState.FAILED):
+        _finished(ctx, pods)
+        return
+
+    if rp.suspend:
+        ctx.delete_active(pods)
+        if st.state != JobState.SUSPENDED:
+            ctx.state(
+                JobState.SUSPENDED,
+                "Suspended",
+                "job suspended: pods deleted, status and checkpoints kept",
+            )
+        ctx.set(cond.SUSPENDED, "True", "Suspended", "runPolicy.suspend is true")
+        ctx.clear(cond.RUNNING, "Suspended", "job suspended")
+        active = [p for p in pods if p.phase in ACTIVE]
+        ctx.decision.requeue_after = CONFIRM_SECONDS if active else None
+        return
+
+    if st.state == JobState.SUSPENDED:
+        # Resume: a fresh attempt (new pod names), from the latest checkpoint; not a restart.
+        st.attempt += 1
+        ctx.state(JobState.PENDING, "Resumed", f"job resumed as attempt {st.attempt}")
+        ctx.set(cond.SUSPENDED, "False", "Resumed", "runPolicy.suspend is false")
+
+    if st.start_time and rp.active_deadline_seconds is not None:
+        started = parse_time(st.start_time)
+        if started is not None:
+            deadline = started + timedelta(seconds=rp.active_deadline_seconds)
+            if ctx.now >= deadline:
+                _fail(
+                    ctx,
+                    pods,
+                    "DeadlineExceeded",
+                    "job was active longer than activeDeadlineSeconds="
+                    f"{rp.active_deadline_seconds}",
+                )
+                return
+            ctx.requeue((deadline - ctx.now).total_seconds())
+
+    current = [p for p in pods if p.attempt == st.attempt]
+    stale = [p for p in pods if p.attempt != st.attempt]
+
+    # Failures of the current gang, permanent ones first.
+    failed = [p for p in current if p.phase == PodPhase.FAILED]
+    for p in failed:
+        if p.exit_code is not None and is_permanent(p.exit_code):
+            _fail(
+                ctx,
+                pods,
+                describe(p.exit_code),
+                f"worker {p.rank} ({p.name}) exited with code {p.exit_code}: the job cannot "
+                f"succeed by retrying; fix the spec{_detail(p)}",
+            )
+            return
+    if failed:
+        p = failed[0]
+        if p.exit_code is not None:
+            reason = describe(p.exit_code)
+            message = f"worker {p.rank} ({p.name}) exited with code {p.exit_code}{_detail(p)}"
+        else:
+            reason = p.reason or "WorkerFailed"
+            message = f"worker {p.rank} ({p.name}) failed{_detail(p)}"
+        _restart(ctx, pods, reason, message)
+        return
+    lost_node = [p for p in current if p.phase in ACTIVE and p.node_name in ctx.obs.not_ready_nodes]
+    if lost_node:
+        p = lost_node[0]
+        _restart(
+            ctx, pods, "NodeLost", f"node {p.node_name} of worker {p.rank} ({p.name}) is NotReady"
+        )
+        return
+    deleted = [p for p in current if p.deleting]
+    if deleted:
+        p = deleted[0]
+        _restart(ctx, pods, "PodDeleted", f"worker {p.rank} ({p.name}) was deleted or evicted")
+        return
+    present = {p.rank for p in current}
+    missing = sorted(set(range(spec.distributed.nodes)) - present)
+    if missing and st.state == JobState.RUNNING:
+        _restart(ctx, pods, "PodDeleted", f"worker pod(s) of rank {missing} disappeared")
+        return
+    if current and not missing and all(p.phase == PodPhase.SUCCEEDED for p in current):
+        _succeed(ctx, pods)
+        return
+
+    if st.state == JobState.RESTARTING:
+        restarting = cond.get_condition(st.conditions, cond.RESTARTING)
+        began = parse_time(restarting.last_transition_time if restarting else None) or ctx.now
+        ready_at = began + timedelta(
+            seconds=backoff_seconds(rp.restart_backoff_seconds, st.restarts)
+        )
+        if ctx.now < ready_at:
+            ctx.delete_active(stale)
+            ctx.requeue((ready_at - ctx.now).total_seconds())
+            return
+
+    if missing:
+        _create_gang(ctx, stale, missing)
+        return
+
+    _forming_or_running(ctx, current)
+
+
+def _detail(p: PodObservation) -> str:
+    bits = [b for b in (p.reason, p.message) if b]
+    return f" ({': '.join(bits)})" if bits else ""
+
+
+def _create_gang(ctx: _Ctx, stale: list[PodObservation], missing: list[int]) -> None:
+    """Create the missing pods of the current attempt, once the previous gang is gone."""
+    st = ctx.status
+    old_active = [p for p in stale if p.phase in ACTIVE]
+    if old_active:
+        # Same hostnames: let the old gang go first so DNS never points at two rank 0s.
+        ctx.delete_active(old_active)
+        if st.state not in (JobState.RESTARTING,):
+            ctx.state(
+                JobState.PENDING,
+                "WaitingForPreviousGang",
+                f"waiting for {len(old_active)} pod(s) of the previous attempt to terminate",
+            )
+        ctx.requeue(CONFIRM_SECONDS)
+        return
+    d = ctx.decision
+    # Infrastructure too, every time a gang is created: create-if-absent makes it cheap, and a
+    # half-finished first reconcile (operator killed) heals itself.
+    d.create.extend(render_infrastructure(ctx.job, namespace=ctx.namespace, uid=ctx.uid))
+    for rank in missing:
+        d.create.append(
+            render_pod(ctx.job, namespace=ctx.namespace, uid=ctx.uid, rank=rank, attempt=st.attempt)
+        )
+    n = ctx.job.spec.distributed.nodes
+    ctx.set(
+        cond.CREATED, "True", "PodsCreated", f"created {n} worker pod(s) for attempt {st.attempt}"
+    )
+    ctx.state(JobState.PENDING, "WaitingForGang", f"0/{n} workers running (attempt {st.attempt})")
+    ctx.requeue(float(ctx.job.spec.run_policy.startup_timeout_seconds))
+
+
+def _forming_or_running(ctx: _Ctx, current: list[PodObservation]) -> None:
+    st = ctx.status
+    rp = ctx.job.spec.run_policy
+    n = ctx.job.spec.distributed.nodes
+    up = [p for p in current if p.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED)]
+    if len(up) == n:
+        if st.state != JobState.RUNNING:
+            ctx.state(
+                JobState.RUNNING, "GangRunning", f"all {n} workers running (attempt {st.attempt})"
+            )
+        if st.start_time is None:
+            st.start_time = ctx.now_s
+            if rp.active_deadline_seconds is not None:
+                ctx.requeue(float(rp.active_deadline_seconds))
+        ctx.set(
+            cond.RUNNING, "True", "GangRunning", f"all {n} workers running (attempt {st.attempt})"
+        )
+        ctx.clear(cond.RESTARTING, "GangRunning", f"gang running again (attempt {st.attempt})")
+        # Stall: the step has not changed for stallTimeoutSeconds while the gang ran.
+        running = cond.get_condition(st.conditions, cond.RUNNING)
+        since = parse_time(running.last_transition_time if running else None) or ctx.now
+        stepped = parse_time(st.progress.updated_at) if st.progress else None
+        if stepped is not None and stepped > since:
+            since = stepped
+        stall_at = since + timedelta(seconds=rp.stall_timeout_seconds)
+        if ctx.now >= stall_at:
+            step = st.progress.step if st.progress else 0
+            _restart(
+                ctx,
+                list(ctx.obs.pods),
+                "Stalled",
+                f"no training step progress (step {step}) for {rp.stall_timeout_seconds}s",
+            )
+            return
+        ctx.requeue((stall_at - ctx.now).total_seconds())
+        return
+
+    # The gang is forming: say why it is not running yet, and give up after the timeout.
+    reason, message = "WaitingForGang", f"{len(up)}/{n} workers running (attempt {st.attempt})"
+    gated = False
+    for p in current:
+        if p.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED):
+            continue
+        if p.reason == "SchedulingGated":
+            # Held by a queue (Kueue's pod integration): waiting for admission is not a
+            # startup failure, so the startup clock does not run.
+            gated = True
+            reason = "Queued"
+            message = f"{len(up)}/{n} workers running; worker {p.rank} waits for admission"
+            break
+        if p.reason in IMAGE_PROBLEMS:
+            reason, message = (
+                "ImagePullBackOff",
+                f"worker {p.rank}: {p.reason}: {p.message}".rstrip(": "),
+            )
+            break
+        if p.reason in CONFIG_PROBLEMS:
+            reason, message = (
+                "CreateContainerConfigError",
+                f"worker {p.rank}: {p.reason}: {p.message}",
+            )
+            break
+        if p.reason == "Unschedulable":
+            reason = "Unschedulable"
+            message = (
+                f"{len(up)}/{n} workers running; worker {p.rank} cannot be scheduled: {p.message}"
+            )
+            break
+    ctx.state(JobState.PENDING, reason, message)
+    if gated:
+        return
+    created = [p.created for p in current if p.created is not None]
+    first = min(created) if created else ctx.now
+    deadline = first + timedelta(seconds=rp.startup_timeout_seconds)
+    if ctx.now >= deadline:
+        _fail(
+            ctx,
+            list(ctx.obs.pods),
+            reason if reason != "WaitingForGang" else "StartupTimeout",
+            f"workers did not all start within startupTimeoutSeconds="
+            f"{rp.startup_timeout_seconds}: {message}",
+        )
+        return
+    ctx.requeue((deadline - ctx.now).total_seconds())
+
+
+def _restart(ctx: _Ctx, pods: list[PodObservation], reason: str, message: str) -> None:
+    """Restart the whole gang (next attempt, from the last checkpoint), or fail when the
+    backoffLimit is used up."""
+    st = ctx.status
+    rp = ctx.job.spec.run_policy
+    if st.restarts >= rp.backoff_limit:
+        _fail(
+            ctx,
+            pods,
+            "BackoffLimitExceeded",
+            f"{reason}: {message}; gang restarted {st.restarts} time(s), "
+            f"backoffLimit={rp.backoff_limit}",
+        )
+        return
+    ctx.delete_active(pods)
+    st.restarts += 1
+    st.attempt += 1
+    st.last_restart_reason = reason
+    delay = backoff_seconds(rp.restart_backoff_seconds, st.restarts)
+    ctx.state(
+        JobState.RESTARTING,
+        reason,
+        f"{message}; restarting the gang as attempt {st.attempt} in {delay:g}s "
+        f"(restart {st.restarts}/{rp.backoff_limit})",
+    )
+    ctx.set(cond.RESTARTING, "True", reason, message)
+    ctx.clear(cond.RUNNING, reason, message)
+    ctx.decision.gang_restart_reason = reason
+    ctx.requeue(delay if delay > 0 else CONFIRM_SECONDS)
+
+
+def _fail(ctx: _Ctx, pods: list[PodObservation], reason: str, message: str) -> None:
+    st = ctx.status
+    ctx.delete_active(pods)
+    ctx.state(JobState.FAILED, reason, message)
+    st.completion_time = ctx.now_s
+    ctx.set(cond.FAILED, "True", reason, message)
+    ctx.clear(cond.RUNNING, reason, message)
+    ctx.clear(cond.RESTARTING, reason, message)
+    _ttl(ctx)
+
+
+def _succeed(ctx: _Ctx, pods: list[PodObservation]) -> None:
+    st = ctx.status
+    n = ctx.job.spec.distributed.nodes
+    ctx.delete_active(pods)  # stragglers of older attempts, if any
+    message = f"all {n} workers exited 0 (attempt {st.attempt})"
+    ctx.state(JobState.SUCCEEDED, "Completed", message)
+    st.completion_time = ctx.now_s
+    if st.start_time is None:
+        st.start_time = ctx.now_s
+    ctx.set(cond.SUCCEEDED, "True", "Completed", message)
+    ctx.clear(cond.RUNNING, "Completed", message)
+    ctx.clear(cond.RESTARTING, "Completed", message)
+    _ttl(ctx)
+
+
+def _finished(ctx: _Ctx, pods: list[PodObservation]) -> None:
+    """A finished job: make sure nothing still runs, and honour ttlSecondsAfterFinished."""
+    ctx.delete_active(pods)
+    ctx.decision.requeue_after = CONFIRM_SECONDS if _deleting(ctx) else None
+    _ttl(ctx)
+
+
+def _deleting(ctx: _Ctx) -> bool:
+    return bool(ctx.decision.delete_pods or ctx.decision.force_delete_pods)
+
+
+def _ttl(ctx: _Ctx) -> None:
+    ttl = ctx.job.spec.run_policy.ttl_seconds_after_finished
+    done = parse_time(ctx.status.completion_time)
+    if ttl is None or done is None:
+        if ctx.status.state in (JobState.SUCCEEDED, JobState.FAILED):
+            ctx.decision.requeue_after = CONFIRM_SECONDS if _deleting(ctx) else None
+        return
+    expires = done + timedelta(seconds=ttl)
+    if ctx.now >= expires:
+        ctx.decision.delete_job = True
+        ctx.decision.requeue_after = None
+    else:
+        ctx.decision.requeue_after = None
+        ctx.requeue((expires - ctx.now).total_seconds())

@@ -1,0 +1,118 @@
+"""kopf wiring: ``kopf run -m kubegraft_operator.main`` (or ``python -m kubegraft_operator``).
+
+Decorators only; each hands off to a module that does the work:
+
+- one daemon per FineTuneJob runs :meth:`.reconciler.Reconciler.run_job` (observe, decide,
+  apply, one status patch, Events);
+- watches on the worker pods, the progress ConfigMaps and the nodes feed :mod:`.store` and
+  wake the owning job's daemon (no per-event API calls);
+- a spec change (suspend, runPolicy) wakes the daemon too;
+- start-up applies :mod:`.settings`, builds the API client, serves /metrics; kopf's own
+  ``--liveness`` endpoint serves /healthz with :func:`health` as a probe.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeAlias
+
+import kopf
+from kubernetes import client, config
+
+from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
+from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
+from kubegraft_operator import metrics, settings
+from kubegraft_operator.apply import Api
+from kubegraft_operator.reconciler import Reconciler
+from kubegraft_operator.render import COMPONENT_PROGRESS, COMPONENT_WORKER
+from kubegraft_operator.store import Store
+
+Logger: TypeAlias = logging.Logger | logging.LoggerAdapter[Any]
+STORE = Store()
+_state: dict[str, Reconciler] = {}
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = 32
+    return client.ApiClient(cfg)
+
+
+@kopf.on.startup()
+def startup(*, settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
+    """Settings, the API client and the metrics server."""
+    from kubegraft_operator import settings as our_settings
+
+    our_settings.configure(settings)
+    _state["reconciler"] = Reconciler(Api(_api_client()), STORE)
+    port = metrics.serve()
+    logger.info(
+        f"kubegraft operator started; metrics on :{port}; peering priority "
+        f"{settings.peering.priority}"
+    )
+
+
+@kopf.on.probe(id="jobs")
+def health(**_: Any) -> int:
+    """Reported on the liveness endpoint: the number of jobs with a running daemon."""
+    return len(STORE.wakeups)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=10.0)
+async def reconcile(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    """The per-job control loop; kopf starts it for every job and stops it on deletion."""
+    await _state["reconciler"].run_job((namespace or "", name), body, stopped, logger)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def job_changed(*, body: kopf.Body, type: str, namespace: str | None, name: str, **_: Any) -> None:
+    """Wake the daemon when the spec moved past what the status has seen (suspend, ...)."""
+    generation = body.meta.get("generation")
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if type == "MODIFIED" and generation != observed:
+        STORE.wake((namespace or "", name))
+
+
+@kopf.on.event(
+    "", "v1", "pods", labels={LABEL_JOB_NAME: kopf.PRESENT, LABEL_COMPONENT: COMPONENT_WORKER}
+)
+def pod_event(*, body: kopf.Body, type: str, **_: Any) -> None:
+    """Cache the worker pod and wake its job."""
+    key = STORE.put_pod(dict(body), deleted=type == "DELETED")
+    if key is not None:
+        STORE.wake(key)
+
+
+@kopf.on.event(
+    "",
+    "v1",
+    "configmaps",
+    labels={LABEL_JOB_NAME: kopf.PRESENT, LABEL_COMPONENT: COMPONENT_PROGRESS},
+)
+def progress_event(*, body: kopf.Body, type: str, **_: Any) -> None:
+    """Cache rank 0's progress report and wake its job."""
+    key = STORE.put_progress(dict(body), deleted=type == "DELETED")
+    if key is not None:
+        STORE.wake(key)
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_event(*, body: kopf.Body, type: str, **_: Any) -> None:
+    """Track NotReady nodes; wake the jobs with pods on a node whose readiness changed."""
+    for key in STORE.put_node(dict(body), deleted=type == "DELETED"):
+        STORE.wake(key)
+
+
+__all__ = ["settings"]

@@ -1,0 +1,263 @@
+"""One FineTuneJob's control loop: observe -> decide -> apply -> one status write -> Events.
+
+kopf runs :meth:`Reconciler.run_job` as a daemon per job (see :mod:`.main`). The loop waits on
+the job's wake-up (set by the pod/ConfigMap/node watches and by spec changes) or on the
+requeue delay the decision asked for, so nothing ever sleeps blindly and nothing polls fast.
+
+The status a decision starts from must be the newest one: the daemon is the only writer of
+the status, so the object returned by its own last status patch is used until the watch
+delivers something at least as new (compared by resourceVersion).
+
+Errors never kill the loop: API errors are counted, logged and retried after a back-off (a
+restarted kube-apiserver, a 409 or a 404 heal on the next pass). Pod creation that the API
+server refuses for a reason retrying cannot fix (422 Invalid) fails the job with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
+from kubegraft_operator import conditions as cond
+from kubegraft_operator import metrics
+from kubegraft_operator.apply import Api, merge_patch
+from kubegraft_operator.decide import Decision, Event, decide
+from kubegraft_operator.observe import Observation, format_time
+from kubegraft_operator.store import Key, Store, newer_or_equal
+
+Obj = dict[str, Any]
+log = logging.getLogger(__name__)
+
+ERROR_BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+"""Seconds to wait after consecutive failed reconciles."""
+RESYNC_SECONDS = 60.0
+
+
+@dataclass
+class Outcome:
+    """What one pass did, for the daemon loop."""
+
+    requeue_after: float | None
+    events: list[Event] = field(default_factory=list)
+    written: Obj | None = None
+    """The job as returned by the status patch, when one was made."""
+    state: str | None = None
+    deleted: bool = False
+    pods: list[Obj] = field(default_factory=list)
+    """Pods as the API answered our creates/deletes, to feed into the cache at once."""
+
+
+def _clean_status(raw: Mapping[str, Any] | None) -> Obj:
+    return dict(raw or {})
+
+
+def _job_from(raw: Mapping[str, Any]) -> FineTuneJob:
+    return FineTuneJob.model_validate(
+        {
+            "apiVersion": raw.get("apiVersion"),
+            "kind": raw.get("kind"),
+            "metadata": dict(raw.get("metadata") or {}),
+            "spec": raw.get("spec") or {},
+            "status": FineTuneJobStatus.model_validate(raw.get("status") or {}),
+        }
+    )
+
+
+def _invalid_spec_status(
+    raw: Mapping[str, Any], error: Exception, now: datetime
+) -> FineTuneJobStatus:
+    status = FineTuneJobStatus.model_validate(raw.get("status") or {})
+    if status.state == JobState.FAILED:
+        return status
+    now_s = format_time(now)
+    gen = (raw.get("metadata") or {}).get("generation")
+    message = f"the spec cannot be used: {error}"[:4000]
+    status.state, status.reason, status.message = JobState.FAILED, "InvalidSpec", message
+    status.completion_time = now_s
+    status.observed_generation = gen
+    status.conditions = cond.set_condition(
+        status.conditions, cond.FAILED, "True", "InvalidSpec", message, now=now_s, generation=gen
+    )
+    return status
+
+
+class Reconciler:
+    """Holds the API wrapper and the watch caches; one instance per operator process."""
+
+    def __init__(self, api: Api, store: Store) -> None:
+        self.api = api
+        self.store = store
+
+    # -------------------------------------------------------------- sync part
+    def seed(self, key: Key) -> tuple[list[Obj], Obj | None]:
+        """A fresh LIST of the job's pods and GET of its progress ConfigMap (first pass after
+        the daemon started: the watch caches may not have caught up yet)."""
+        ns, name = key
+        return self.api.list_job_pods(ns, name), self.api.get_progress(ns, name)
+
+    def reconcile_once(self, raw: Obj, observed: Observation, now: datetime) -> Outcome:
+        """Decide and apply; runs in a worker thread with snapshots only."""
+        meta = raw.get("metadata") or {}
+        ns, name = meta["namespace"], meta["name"]
+        try:
+            job = _job_from(raw)
+        except ValidationError as e:
+            status = _invalid_spec_status(raw, e, now)
+            written = self._write_status(ns, name, raw, status)
+            ev = [Event("Warning", "InvalidSpec", status.message or "")] if written else []
+            return Outcome(requeue_after=None, events=ev, written=written, state=str(status.state))
+        decision = decide(job, observed, now)
+        pods = self._apply(decision, ns)
+        written = self._write_status(ns, name, raw, decision.status)
+        if decision.gang_restart_reason:
+            metrics.GANG_RESTARTS.labels(reason=decision.gang_restart_reason).inc()
+        if decision.delete_job:
+            self.api.delete_job(ns, name)
+        state = decision.status.state
+        return Outcome(
+            requeue_after=decision.requeue_after,
+            events=decision.events,
+            written=written,
+            state=str(state) if state else None,
+            deleted=decision.delete_job,
+            pods=pods,
+        )
+
+    def _apply(self, decision: Decision, ns: str) -> list[Obj]:
+        """Deletes first (a restart frees GPUs), then creates in order; returns the pods the
+        API answered with."""
+        pods: list[Obj] = []
+        deletes = [(n, False) for n in decision.delete_pods]
+        deletes += [(n, True) for n in decision.force_delete_pods]
+        for pod_name, force in deletes:
+            gone = self.api.delete_pod(ns, pod_name, force=force)
+            if gone is not None:
+                pods.append(gone)
+        for obj in decision.create:
+            try:
+                created = self.api.create_if_absent(obj)
+            except ApiException as e:
+                if obj["kind"] == "Pod" and e.status in (400, 403, 422):
+                    self._pod_refused(decision, obj, e)
+                    return pods
+                raise
+            if created is not None and created.get("kind") == "Pod":
+                pods.append(created)
+        return pods
+
+    def _pod_refused(self, decision: Decision, obj: Obj, e: ApiException) -> None:
+        """The API server refused a worker pod: 422/400 can never succeed (fail the job),
+        403 may (a quota, a ServiceAccount created later): say so and retry."""
+        st = decision.status
+        now = datetime.now(UTC)
+        now_s = format_time(now)
+        gen = st.observed_generation
+        detail = (e.body or str(e.reason))[:2000] if isinstance(e.body, str) else str(e.reason)
+        if e.status == 403:
+            st.state, st.reason = JobState.PENDING, "PodCreationForbidden"
+            st.message = f"creating {obj['metadata']['name']} was refused (403): {detail}"
+            decision.events = [Event("Warning", st.reason, st.message)]
+            decision.requeue_after = 10.0
+            return
+        st.state, st.reason = JobState.FAILED, "InvalidPodSpec"
+        st.message = f"creating {obj['metadata']['name']} was refused ({e.status}): {detail}"
+        st.completion_time = now_s
+        st.conditions = cond.set_condition(
+            st.conditions, cond.FAILED, "True", st.reason, st.message, now=now_s, generation=gen
+        )
+        decision.events = [Event("Warning", st.reason, st.message)]
+        decision.requeue_after = None
+
+    def _write_status(self, ns: str, name: str, raw: Obj, status: FineTuneJobStatus) -> Obj | None:
+        old = _clean_status(raw.get("status"))
+        new = status.to_wire()
+        patch = merge_patch(old, new)
+        if not patch:
+            return None
+        try:
+            return self.api.patch_status(ns, name, patch)
+        except ApiException as e:
+            if e.status == 404:  # deleted under us: the daemon is about to stop
+                return None
+            raise
+
+    # ------------------------------------------------------------- async part
+    async def run_job(
+        self,
+        key: Key,
+        live_body: Mapping[str, Any],
+        stopped: Any,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        """The per-job loop (a kopf daemon); returns when kopf stops the daemon."""
+        wake = self.store.wakeup(key)
+        last_written: Obj | None = None
+        failures = 0
+        seeded = False
+        try:
+            while not stopped:
+                wake.clear()
+                started = time.monotonic()
+                delay: float | None
+                try:
+                    if not seeded:
+                        pods, progress = await asyncio.to_thread(self.seed, key)
+                        self.store.replace_pods(key, pods)
+                        if progress is not None:
+                            self.store.put_progress(progress)
+                        seeded = True
+                    raw = copy.deepcopy(dict(live_body))
+                    if last_written is not None and newer_or_equal(last_written, raw):
+                        raw["status"] = copy.deepcopy(last_written.get("status") or {})
+                    if (raw.get("metadata") or {}).get("deletionTimestamp"):
+                        return
+                    observed = self.store.observation(key)
+                    now = datetime.now(UTC)
+                    outcome = await asyncio.to_thread(self.reconcile_once, raw, observed, now)
+                    if outcome.written is not None:
+                        last_written = outcome.written
+                    for pod in outcome.pods:
+                        self.store.put_pod(pod)
+                    _post_events(live_body, outcome.events)
+                    metrics.set_job_state(key, outcome.state)
+                    metrics.RECONCILES.labels(result="ok").inc()
+                    failures = 0
+                    delay = outcome.requeue_after
+                    if outcome.deleted:
+                        return
+                except Exception as e:
+                    metrics.RECONCILES.labels(result="error").inc()
+                    delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
+                    failures += 1
+                    summary = (
+                        f"{type(e).__name__}: {getattr(e, 'status', '')} {getattr(e, 'reason', e)}"
+                    )
+                    logger.warning(f"reconcile failed ({summary}); retrying in {delay:g}s")
+                finally:
+                    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+                timeout = RESYNC_SECONDS if delay is None else min(delay, RESYNC_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=timeout)
+        finally:
+            metrics.set_job_state(key, None)
+            self.store.forget(key)
+
+
+def _post_events(live_body: Mapping[str, Any], events: list[Event]) -> None:
+    """Events go out only after the status write succeeded (reconcile_once returned)."""
+    if not events:
+        return
+    for ev in events:
+        kopf.event(live_body, type=ev.type, reason=ev.reason, message=ev.message[:1024])  # type: ignore[arg-type]

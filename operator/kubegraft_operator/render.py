@@ -1,0 +1,380 @@
+"""Render a FineTuneJob into the Kubernetes objects it needs: a pure function, golden-tested.
+
+``render(job, namespace=, uid=, attempt=)`` returns plain dicts (the wire form), in creation
+order: the infrastructure that outlives attempts (headless Service, config and progress
+ConfigMaps, the per-job ServiceAccount/Role/RoleBinding), then one worker pod per node for
+this attempt. Nothing here talks to the API server, reads the clock or the environment, so the
+same job always renders to the same bytes (``tests/data/golden/``).
+
+Pods are created directly rather than through an Indexed Job: the operator restarts the whole
+gang at once (a new ``attempt`` label and pod names), which an Indexed Job can only mimic by
+being deleted and recreated; see docs/operator.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from kubegraft.api.v1alpha1 import API_VERSION, KIND, FineTuneJob
+from kubegraft.constants import (
+    CONFIG_FILE,
+    CONFIG_MOUNT_DIR,
+    DEFAULT_METRICS_PORT,
+    ENV_ATTEMPT,
+    ENV_METRICS_PORT,
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_JOB_NAME,
+    LABEL_MANAGED_BY,
+    LABEL_NODE_RANK,
+    MANAGED_BY,
+    SHM_MOUNT_DIR,
+)
+from kubegraft.launch import build_launch
+from kubegraft.progress import CONFIGMAP_KEY, ENV_PROGRESS_CONFIGMAP
+from kubegraft_operator import names
+
+Obj = dict[str, Any]
+
+COMPONENT_WORKER = "worker"
+COMPONENT_SERVICE = "service"
+COMPONENT_CONFIG = "config"
+COMPONENT_PROGRESS = "progress"
+COMPONENT_RBAC = "rbac"
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+"""With a Kueue queue named, each attempt's pods form one Kueue pod group, so Kueue admits
+the gang all-or-nothing (its plain-pod integration); see docs/operator.md."""
+
+CONTAINER_NAME = "trainer"
+HF_TOKEN_ENV = "HF_TOKEN"
+TERMINATION_GRACE_SECONDS = 120
+"""Long enough for the trainer to save a checkpoint on SIGTERM and exit 75 (PREEMPTED)."""
+RUN_AS_USER = 1000
+"""A fixed non-root UID: runAsNonRoot alone fails for images whose user is root by name."""
+
+
+def gpus_per_node(job: FineTuneJob) -> int:
+    """nvidia.com/gpu per pod: ``gpusPerNode``, defaulting to ``procsPerNode``."""
+    d = job.spec.distributed
+    return d.procs_per_node if d.gpus_per_node is None else d.gpus_per_node
+
+
+def job_labels(name: str, component: str) -> dict[str, str]:
+    """Labels on every owned object: who owns it and what it is."""
+    return {LABEL_JOB_NAME: name, LABEL_COMPONENT: component, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def owner_reference(name: str, uid: str) -> Obj:
+    """The controller reference that makes the garbage collector delete children with the job."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(name: str, namespace: str, job: str, uid: str, component: str) -> Obj:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": job_labels(job, component),
+        "ownerReferences": [owner_reference(job, uid)],
+    }
+
+
+def config_document(job: FineTuneJob, namespace: str) -> str:
+    """The job manifest the trainer reads (``job.yaml``): only name, namespace and spec."""
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": job.metadata.name, "namespace": namespace},
+        "spec": job.spec.to_wire(),
+    }
+    return yaml.safe_dump(doc, sort_keys=True)
+
+
+def render_service(job: FineTuneJob, *, namespace: str, uid: str) -> Obj:
+    """Headless Service: DNS names ``<job>-worker-<rank>.<job>-workers.<ns>.svc``.
+
+    ``publishNotReadyAddresses`` because torchrun's rendezvous happens before any readiness.
+    """
+    name = job.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.service(name), namespace, name, uid, COMPONENT_SERVICE),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB_NAME: name, LABEL_COMPONENT: COMPONENT_WORKER},
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": job.spec.distributed.master_port,
+                    "targetPort": job.spec.distributed.master_port,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def render_config_map(job: FineTuneJob, *, namespace: str, uid: str) -> Obj:
+    """The rendered job config, mounted read-only at ``CONFIG_MOUNT_DIR``."""
+    name = job.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(names.config_map(name), namespace, name, uid, COMPONENT_CONFIG),
+        "data": {CONFIG_FILE: config_document(job, namespace)},
+    }
+
+
+def render_progress_config_map(job: FineTuneJob, *, namespace: str, uid: str) -> Obj:
+    """The ConfigMap rank 0 patches; created empty so the Role's resourceNames can name it."""
+    name = job.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(
+            names.progress_config_map(name), namespace, name, uid, COMPONENT_PROGRESS
+        ),
+        "data": {CONFIGMAP_KEY: json.dumps({})},
+    }
+
+
+def render_rbac(job: FineTuneJob, *, namespace: str, uid: str) -> list[Obj]:
+    """ServiceAccount + Role + RoleBinding: get/patch on the job's progress ConfigMap, nothing
+    else. A user-chosen ServiceAccount (spec.pod.serviceAccountName) is bound as well, so
+    progress reporting works with it too."""
+    name = job.metadata.name
+    sa = names.service_account(name)
+    subjects = [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]
+    user_sa = job.spec.pod.service_account_name
+    if user_sa and user_sa != sa:
+        subjects.append({"kind": "ServiceAccount", "name": user_sa, "namespace": namespace})
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(sa, namespace, name, uid, COMPONENT_RBAC),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(names.progress_role(name), namespace, name, uid, COMPONENT_RBAC),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [names.progress_config_map(name)],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(names.progress_role(name), namespace, name, uid, COMPONENT_RBAC),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": names.progress_role(name),
+            },
+            "subjects": subjects,
+        },
+    ]
+
+
+def _resources(job: FineTuneJob) -> Obj:
+    """The user's requests/limits plus ``nvidia.com/gpu`` (an extended resource: limits are
+    what counts and requests must equal them)."""
+    given = job.spec.pod.resources or {}
+    requests = dict(given.get("requests") or {})
+    limits = dict(given.get("limits") or {})
+    gpus = gpus_per_node(job)
+    if gpus > 0:
+        requests["nvidia.com/gpu"] = str(gpus)
+        limits["nvidia.com/gpu"] = str(gpus)
+    out: Obj = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _env(job: FineTuneJob, *, namespace: str, rank: int, attempt: int) -> list[Obj]:
+    name = job.metadata.name
+    config_path = f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}"
+    launch = build_launch(
+        job.spec,
+        node_rank=rank,
+        master_addr=names.master_addr(name, namespace),
+        config_path=config_path,
+    )
+    env: list[Obj] = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
+    env.append({"name": ENV_ATTEMPT, "value": str(attempt)})
+    env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    if rank == 0:
+        env.append({"name": ENV_METRICS_PORT, "value": str(DEFAULT_METRICS_PORT)})
+        env.append(
+            {
+                "name": ENV_PROGRESS_CONFIGMAP,
+                "value": f"{namespace}/{names.progress_config_map(name)}",
+            }
+        )
+    else:
+        env.append({"name": ENV_METRICS_PORT, "value": "0"})
+    ref = job.spec.model.token_secret_ref
+    if ref is not None:
+        # By reference only: the operator never reads the Secret's value.
+        env.append(
+            {
+                "name": HF_TOKEN_ENV,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    env.extend(job.spec.pod.env)
+    return env
+
+
+def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt: int) -> Obj:
+    """Worker pod ``rank`` of gang ``attempt``."""
+    name = job.metadata.name
+    spec = job.spec
+    p = spec.pod
+    config_path = f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}"
+    argv = build_launch(
+        spec,
+        node_rank=rank,
+        master_addr=names.master_addr(name, namespace),
+        config_path=config_path,
+    ).argv
+    labels = {
+        **p.labels,
+        **job_labels(name, COMPONENT_WORKER),
+        LABEL_NODE_RANK: str(rank),
+        LABEL_ATTEMPT: str(attempt),
+    }
+    ports: list[Obj] = [
+        {"name": "rendezvous", "containerPort": spec.distributed.master_port, "protocol": "TCP"}
+    ]
+    if rank == 0:
+        ports.append({"name": "metrics", "containerPort": DEFAULT_METRICS_PORT, "protocol": "TCP"})
+    output_volume: Obj = (
+        {
+            "name": "output",
+            "persistentVolumeClaim": {"claimName": spec.output.persistent_volume_claim},
+        }
+        if spec.output.persistent_volume_claim
+        else {"name": "output", "emptyDir": {}}
+    )
+    container: Obj = {
+        "name": CONTAINER_NAME,
+        "image": p.image,
+        "imagePullPolicy": p.image_pull_policy,
+        "command": argv,
+        "env": _env(job, namespace=namespace, rank=rank, attempt=attempt),
+        "ports": ports,
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
+            {"name": "shm", "mountPath": SHM_MOUNT_DIR},
+            {"name": "output", "mountPath": spec.output.path},
+            *p.volume_mounts,
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    resources = _resources(job)
+    if resources:
+        container["resources"] = resources
+    pod_spec: Obj = {
+        "restartPolicy": "Never",
+        "hostname": names.hostname(name, rank),
+        "subdomain": names.service(name),
+        "serviceAccountName": p.service_account_name or names.service_account(name),
+        # Only rank 0 reports progress, so only it gets a token (unless the user chose an SA,
+        # whose token their own code may need on every node).
+        "automountServiceAccountToken": rank == 0 or p.service_account_name is not None,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.config_map(name)}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": p.shm_size}},
+            output_volume,
+            *p.volumes,
+        ],
+    }
+    if p.scheduler_name:
+        pod_spec["schedulerName"] = p.scheduler_name
+    if p.priority_class_name:
+        pod_spec["priorityClassName"] = p.priority_class_name
+    if p.node_selector:
+        pod_spec["nodeSelector"] = dict(p.node_selector)
+    if p.tolerations:
+        pod_spec["tolerations"] = list(p.tolerations)
+    if p.affinity:
+        pod_spec["affinity"] = p.affinity
+    if p.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in p.image_pull_secrets]
+    annotations = dict(p.annotations)
+    if KUEUE_QUEUE_LABEL in labels:
+        labels[KUEUE_POD_GROUP_LABEL] = f"{name}-a{attempt}"
+        annotations[KUEUE_POD_GROUP_COUNT] = str(spec.distributed.nodes)
+    metadata: Obj = {
+        "name": names.pod(name, rank, attempt),
+        "namespace": namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(name, uid)],
+    }
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def render_infrastructure(job: FineTuneJob, *, namespace: str, uid: str) -> list[Obj]:
+    """The objects that live as long as the job (not per attempt), in creation order."""
+    return [
+        *render_rbac(job, namespace=namespace, uid=uid),
+        render_config_map(job, namespace=namespace, uid=uid),
+        render_progress_config_map(job, namespace=namespace, uid=uid),
+        render_service(job, namespace=namespace, uid=uid),
+    ]
+
+
+def render_pods(job: FineTuneJob, *, namespace: str, uid: str, attempt: int) -> list[Obj]:
+    """All worker pods of one gang attempt, rank 0 first."""
+    return [
+        render_pod(job, namespace=namespace, uid=uid, rank=r, attempt=attempt)
+        for r in range(job.spec.distributed.nodes)
+    ]
+
+
+def render(job: FineTuneJob, *, namespace: str, uid: str, attempt: int) -> list[Obj]:
+    """Everything a job needs for gang ``attempt``: infrastructure first, then the pods."""
+    return [
+        *render_infrastructure(job, namespace=namespace, uid=uid),
+        *render_pods(job, namespace=namespace, uid=uid, attempt=attempt),
+    ]

@@ -1,0 +1,65 @@
+"""kopf settings for this operator, applied at start-up (see :func:`configure`).
+
+- Persistence in annotations under ``kubegraft.io/`` (the status schema is strict and belongs
+  to the API; kopf must not write its bookkeeping there).
+- Peering: kopf pauses every operator that sees a peer with a higher priority, and ALL of
+  them when priorities tie. Each replica therefore takes a distinct priority
+  ($KUBEGRAFT_PEERING_PRIORITY, or a random one), so exactly one (the highest) acts and the
+  others wait; when it dies, its record expires after the peering lifetime
+  ($KUBEGRAFT_PEERING_LIFETIME, default 60 s) and the next one takes over. Run with
+  ``--peering=kubegraft`` (manifests/operator/peering.yaml holds the CRDs and the object).
+- Events: only the ones the state machine decides are posted (log lines are not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from typing import Any
+
+import kopf
+
+from kubegraft.api.v1alpha1 import GROUP
+
+ENV_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
+ENV_LIFETIME = "KUBEGRAFT_PEERING_LIFETIME"
+ENV_WORKERS = "KUBEGRAFT_OPERATOR_WORKERS"
+ENV_OBJECT_LOG_LEVEL = "KUBEGRAFT_OPERATOR_OBJECT_LOG_LEVEL"
+"""Level of kopf's per-object log (default WARNING: at INFO it logs every watch event's
+handler, thousands of lines a minute at scale; our state transitions are Events anyway)."""
+FINALIZER = f"{GROUP}/operator"
+
+
+def peering_priority() -> int:
+    """This replica's priority: from the environment, else random (ties would pause all)."""
+    value = os.environ.get(ENV_PRIORITY)
+    return int(value) if value else random.SystemRandom().randint(1, 2**31 - 1)
+
+
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Apply our settings (called from the on.startup handler in :mod:`.main`)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    if settings.peering.priority == 0:
+        settings.peering.priority = peering_priority()
+    settings.peering.lifetime = int(os.environ.get(ENV_LIFETIME, "60"))
+    settings.peering.stealth = True
+    settings.posting.loggers = False
+    settings.posting.reporting_component = "kubegraft-operator"
+    settings.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+    settings.posting.level = logging.INFO
+    # Reconnect quickly after an API server restart; keep watch connections recycled.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    logging.getLogger("kopf.objects").setLevel(os.environ.get(ENV_OBJECT_LOG_LEVEL, "WARNING"))
+    settings.execution.max_workers = int(os.environ.get(ENV_WORKERS, "16"))
+    # Daemons stop promptly when the job is deleted or the operator pauses for a peer.
+    settings.background.cancellation_polling = 5

@@ -1,0 +1,163 @@
+"""In-memory caches fed by kopf's watches, and the per-job wake-up signals.
+
+The pod, progress-ConfigMap and node watches (see :mod:`.main`) put what they see here and
+wake the owning job's daemon; a reconcile reads a snapshot instead of listing from the API
+server, which is what keeps the request count per job small at scale.
+
+Watch events and our own API responses both feed the cache, so an older object must never
+replace a newer one: objects are compared by ``resourceVersion`` (etcd revisions, which are
+integers on every real API server; when one is not, the latest write wins).
+
+All methods run on the operator's event loop (kopf handlers and the async daemons), so no
+locks are needed; reconciles in worker threads only see snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubegraft.constants import LABEL_JOB_NAME
+from kubegraft.progress import ProgressReport
+from kubegraft_operator.observe import (
+    Observation,
+    node_is_ready,
+    observe_pods,
+    observe_progress,
+)
+
+Key = tuple[str, str]
+"""(namespace, job name)."""
+Obj = dict[str, Any]
+MAX_TOMBSTONES = 100_000
+
+
+def _rv(obj: Mapping[str, Any]) -> int | None:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion", ""))
+    except ValueError:
+        return None
+
+
+def newer_or_equal(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+    """Whether ``candidate`` may replace ``current`` in the cache."""
+    if current is None:
+        return True
+    a, b = _rv(candidate), _rv(current)
+    return a is None or b is None or a >= b
+
+
+def job_key(obj: Mapping[str, Any]) -> Key | None:
+    """The owning job of a labelled object, or None."""
+    meta = obj.get("metadata") or {}
+    job = (meta.get("labels") or {}).get(LABEL_JOB_NAME)
+    ns = meta.get("namespace")
+    return (ns, job) if job and ns else None
+
+
+@dataclass
+class Store:
+    """Pods by job, progress reports by job, NotReady nodes, and the daemons' wake-ups."""
+
+    pods: dict[Key, dict[str, Obj]] = field(default_factory=dict)
+    progress: dict[Key, Obj] = field(default_factory=dict)
+    not_ready_nodes: set[str] = field(default_factory=set)
+    wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
+    tombstones: dict[str, None] = field(default_factory=dict)
+    """UIDs of pods seen deleted: an API response about such a pod that arrives after the
+    watch's DELETED event must not bring it back as a ghost (insertion-ordered, bounded)."""
+
+    # ---------------------------------------------------------------- wake-ups
+    def wakeup(self, key: Key) -> asyncio.Event:
+        """The event a job's daemon waits on (created on first use)."""
+        ev = self.wakeups.get(key)
+        if ev is None:
+            ev = self.wakeups[key] = asyncio.Event()
+        return ev
+
+    def wake(self, key: Key) -> None:
+        """Make the job's daemon reconcile now (no-op when it has none yet)."""
+        ev = self.wakeups.get(key)
+        if ev is not None:
+            ev.set()
+
+    def forget(self, key: Key) -> None:
+        """The job is gone (or no longer ours): drop everything about it."""
+        self.wakeups.pop(key, None)
+        self.pods.pop(key, None)
+        self.progress.pop(key, None)
+
+    # -------------------------------------------------------------------- pods
+    def put_pod(self, pod: Obj, *, deleted: bool = False) -> Key | None:
+        """Record a pod seen in a watch event or an API response; returns its job key."""
+        key = job_key(pod)
+        if key is None:
+            return None
+        name = pod["metadata"]["name"]
+        uid = pod["metadata"].get("uid")
+        pods = self.pods.setdefault(key, {})
+        if deleted:
+            pods.pop(name, None)
+            if uid:
+                self.tombstones[uid] = None
+                while len(self.tombstones) > MAX_TOMBSTONES:
+                    del self.tombstones[next(iter(self.tombstones))]
+        elif uid in self.tombstones:
+            pass
+        elif newer_or_equal(pod, pods.get(name)):
+            pods[name] = pod
+        return key
+
+    def replace_pods(self, key: Key, pods: list[Obj]) -> None:
+        """Seed a job's pods from a fresh LIST (a daemon's first look after (re)start)."""
+        fresh = {
+            p["metadata"]["name"]: p
+            for p in pods
+            if p["metadata"].get("uid") not in self.tombstones
+        }
+        old = self.pods.get(key, {})
+        for name, pod in old.items():
+            if name in fresh and not newer_or_equal(fresh[name], pod):
+                fresh[name] = pod
+        self.pods[key] = fresh
+
+    # ---------------------------------------------------------------- progress
+    def put_progress(self, config_map: Obj, *, deleted: bool = False) -> Key | None:
+        key = job_key(config_map)
+        if key is None:
+            return None
+        if deleted:
+            self.progress.pop(key, None)
+        elif newer_or_equal(config_map, self.progress.get(key)):
+            self.progress[key] = config_map
+        return key
+
+    # ------------------------------------------------------------------- nodes
+    def put_node(self, node: Obj, *, deleted: bool = False) -> list[Key]:
+        """Track a node's readiness; returns the jobs with pods on it when it changed."""
+        name = (node.get("metadata") or {}).get("name", "")
+        was_bad = name in self.not_ready_nodes
+        bad = deleted or not node_is_ready(node)
+        if bad:
+            self.not_ready_nodes.add(name)
+        else:
+            self.not_ready_nodes.discard(name)
+        if bad == was_bad:
+            return []
+        return [
+            key
+            for key, pods in self.pods.items()
+            if any((p.get("spec") or {}).get("nodeName") == name for p in pods.values())
+        ]
+
+    # -------------------------------------------------------------- snapshots
+    def observation(self, key: Key) -> Observation:
+        """An immutable snapshot of what is known about one job."""
+        report: ProgressReport | None = observe_progress(self.progress.get(key))
+        return Observation(
+            pods=observe_pods(list(self.pods.get(key, {}).values())),
+            not_ready_nodes=frozenset(self.not_ready_nodes),
+            progress=report,
+        )

@@ -1,0 +1,361 @@
+"""The operator on the real control plane: a FineTuneJob's life from create to Succeeded or
+Failed, gang restarts, suspend/resume, deletion with the real garbage collector, TTL.
+
+The operator runs as a subprocess (``python -m kubegraft_operator``) authenticated with its
+own ServiceAccount's token, so manifests/rbac/ is exercised by every test. kwok plays the
+kubelet: each job's pods carry the test-outcome label/annotations that make kwok finish them
+(succeed / fail with an exit code / keep running) after a short delay. Every wait is on a
+condition with a timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubegraft_operator.testing import (
+    Kube,
+    OperatorProcess,
+    job_manifest,
+    operator_kubeconfig,
+    wait_for,
+)
+
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft.devcluster.manifests import OUTCOME_LABEL
+
+pytestmark = pytest.mark.integration
+WAIT = 120
+"""Seconds any wait may take on a loaded machine; waits end as soon as their condition holds."""
+TEST_NAMESPACES = "t-*"
+"""The namespace fixture's names all start so (see kubegraft.devcluster.pytest_plugin)."""
+
+
+@pytest.fixture(scope="module")
+def op_kubeconfig(
+    cluster: Cluster, crd: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return operator_kubeconfig(
+        cluster.kubectl, cluster.kubeconfig, tmp_path_factory.mktemp("op") / "kubeconfig"
+    )
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: Cluster) -> Iterator[Kube]:
+    api = cluster.api_client()
+    yield Kube(api)
+    api.close()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    op_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the module, watching the test namespaces (``t-*``, a kopf glob). It
+    outlives each test's namespace, so it also removes its finalizer when they are deleted."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with OperatorProcess(op_kubeconfig, log, namespace=TEST_NAMESPACES) as op:
+        yield op
+    print(op.logs()[-4000:])
+
+
+def state_is(kube: Kube, ns: str, name: str, *states: str) -> dict[str, Any] | None:
+    st = kube.status(ns, name)
+    return st if st.get("state") in states else None
+
+
+def test_create_runs_the_gang_and_succeeds(
+    kube: Kube, namespace: str, operator: OperatorProcess, cluster: Cluster
+) -> None:
+    kube.create_job(namespace, job_manifest("happy", nodes=2, procs_per_node=2, delay="3s"))
+    pods = wait_for(
+        lambda: (p := kube.pods(namespace, "happy")) and len(p) == 2 and p, WAIT, message="2 pods"
+    )
+    by_rank = {p["metadata"]["labels"]["kubegraft.io/node-rank"]: p for p in pods}
+    assert set(by_rank) == {"0", "1"}
+    for rank, pod in by_rank.items():
+        meta, spec = pod["metadata"], pod["spec"]
+        assert meta["labels"]["kubegraft.io/job-name"] == "happy"
+        assert meta["labels"]["kubegraft.io/attempt"] == "0"
+        assert meta["ownerReferences"][0]["kind"] == "FineTuneJob"
+        assert meta["ownerReferences"][0]["controller"]
+        c = spec["containers"][0]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["MASTER_ADDR"] == f"happy-worker-0.happy-workers.{namespace}.svc"
+        assert (env["NODE_RANK"], env["NNODES"], env["WORLD_SIZE"]) == (rank, "2", "4")
+        assert spec["hostname"] == f"happy-worker-{rank}"
+        assert spec["subdomain"] == "happy-workers"
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    svc = kube.core.read_namespaced_service("happy-workers", namespace)
+    assert svc.spec.cluster_ip == "None"
+    running = wait_for(
+        lambda: state_is(kube, namespace, "happy", "Running", "Succeeded"), WAIT, message="Running"
+    )
+    if running["state"] == "Running":
+        assert running["nodesReady"] == "2/2"
+    done = wait_for(
+        lambda: state_is(kube, namespace, "happy", "Succeeded", "Failed"), WAIT, message="finished"
+    )
+    assert (done["state"], done["reason"], done["restarts"]) == ("Succeeded", "Completed", 0)
+    assert done["startTime"]
+    assert done["completionTime"]
+    conds = {c["type"]: c for c in done["conditions"]}
+    assert conds["Succeeded"]["status"] == "True"
+    assert conds["Succeeded"]["observedGeneration"] == 1
+    reasons = wait_for(
+        lambda: (r := [x[1] for x in kube.events(namespace, "happy")]) and "Completed" in r and r,
+        WAIT,
+        message="Completed event",
+    )
+    assert "WaitingForGang" in reasons
+    table = cluster.kubectl("get", "ftj", "happy", "-n", namespace).stdout
+    assert "Succeeded" in table.splitlines()[1]
+    assert operator.metric("kubegraft_operator_jobs", state="Succeeded") >= 1
+    assert operator.metric("kubegraft_operator_reconcile_duration_seconds_count") > 0
+
+
+def test_retryable_exit_restarts_the_whole_gang_then_succeeds(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    restarts_before = operator.metric(
+        "kubegraft_operator_gang_restarts_total", reason="OOMKilledOrKilled"
+    )
+    manifest = job_manifest(
+        "oom",
+        nodes=2,
+        outcome="fail",
+        exit_code=137,
+        delay="2s",
+        run_policy={"restartBackoffSeconds": 8, "backoffLimit": 2},
+    )
+    kube.create_job(namespace, manifest)
+    st = wait_for(
+        lambda: (s := kube.status(namespace, "oom")).get("restarts") == 1 and s,
+        WAIT,
+        message="restart",
+    )
+    assert st["lastRestartReason"] == "OOMKilledOrKilled"
+    assert st["attempt"] == 1
+    # The next attempt is told to succeed (spec.pod may change while running; new pods use it).
+    kube.patch_job(namespace, "oom", {"spec": {"pod": {"labels": {OUTCOME_LABEL: "succeed"}}}})
+    done = wait_for(
+        lambda: state_is(kube, namespace, "oom", "Succeeded", "Failed"), WAIT, message="finished"
+    )
+    assert (done["state"], done["restarts"], done["attempt"]) == ("Succeeded", 1, 1)
+    attempts = sorted(
+        {p["metadata"]["labels"]["kubegraft.io/attempt"] for p in kube.pods(namespace, "oom")}
+    )
+    assert "1" in attempts
+    new = [
+        p
+        for p in kube.pods(namespace, "oom")
+        if p["metadata"]["labels"]["kubegraft.io/attempt"] == "1"
+    ]
+    assert sorted(p["metadata"]["name"] for p in new) == ["oom-worker-0-a1", "oom-worker-1-a1"]
+    assert ("Warning", "OOMKilledOrKilled") in kube.events(namespace, "oom")
+    after = operator.metric("kubegraft_operator_gang_restarts_total", reason="OOMKilledOrKilled")
+    assert after - restarts_before == 1
+
+
+def test_config_error_fails_at_once(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.create_job(
+        namespace,
+        job_manifest(
+            "badcfg", outcome="fail", exit_code=78, delay="1s", run_policy={"backoffLimit": 3}
+        ),
+    )
+    done = wait_for(
+        lambda: state_is(kube, namespace, "badcfg", "Failed", "Succeeded"), WAIT, message="Failed"
+    )
+    assert (done["reason"], done["restarts"], done["attempt"]) == ("ConfigurationError", 0, 0)
+    assert "78" in done["message"]
+
+
+def test_unschedulable_gang_is_pending_then_fails_after_startup_timeout(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    # 9 GPUs per pod on 8-GPU nodes: the scheduler can never place it.
+    kube.create_job(
+        namespace,
+        job_manifest(
+            "toobig",
+            nodes=1,
+            procs_per_node=9,
+            outcome="run",
+            run_policy={"startupTimeoutSeconds": 12},
+        ),
+    )
+    pending = wait_for(
+        lambda: (s := kube.status(namespace, "toobig")).get("reason") == "Unschedulable" and s,
+        WAIT,
+        message="Pending Unschedulable",
+    )
+    assert pending["state"] == "Pending"
+    assert "nvidia.com/gpu" in pending["message"]
+    done = wait_for(lambda: state_is(kube, namespace, "toobig", "Failed"), WAIT, message="Failed")
+    assert done["reason"] == "Unschedulable"
+    assert ("Warning", "Unschedulable") in kube.events(namespace, "toobig")
+
+
+def test_partial_gang_never_counts_as_running(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    # 5 pods x 8 GPUs on 4 nodes x 8 GPUs: four fit, one does not. The job must not run.
+    kube.create_job(
+        namespace,
+        job_manifest(
+            "partial",
+            nodes=5,
+            procs_per_node=8,
+            outcome="run",
+            run_policy={"startupTimeoutSeconds": 15},
+        ),
+    )
+
+    def four_running() -> dict[str, Any] | None:
+        pods = kube.pods(namespace, "partial")
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        st = kube.status(namespace, "partial")
+        return st if len(running) == 4 and st.get("reason") == "Unschedulable" else None
+
+    st = wait_for(four_running, WAIT, message="4 of 5 running, 1 unschedulable")
+    assert (st["state"], st["nodesReady"]) == ("Pending", "4/5")
+    assert "startTime" not in st
+    done = wait_for(lambda: state_is(kube, namespace, "partial", "Failed"), WAIT, message="Failed")
+    assert done["reason"] == "Unschedulable"
+    # The placed pods are deleted, so a partial gang does not hold GPUs forever.
+    wait_for(
+        lambda: (
+            not [
+                p for p in kube.pods(namespace, "partial") if p["status"].get("phase") == "Running"
+            ]
+        ),
+        WAIT,
+        message="partial gang released",
+    )
+
+
+def test_suspend_deletes_pods_and_resume_starts_a_new_attempt(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.create_job(namespace, job_manifest("pause", nodes=2, outcome="run"))
+    running = wait_for(
+        lambda: state_is(kube, namespace, "pause", "Running"), WAIT, message="Running"
+    )
+    kube.patch_job(namespace, "pause", {"spec": {"runPolicy": {"suspend": True}}})
+    st = wait_for(
+        lambda: state_is(kube, namespace, "pause", "Suspended"), WAIT, message="Suspended"
+    )
+    assert st["reason"] == "Suspended"
+    wait_for(lambda: not kube.pods(namespace, "pause"), WAIT, message="pods deleted")
+    assert kube.status(namespace, "pause")["startTime"] == running["startTime"]
+    kube.patch_job(namespace, "pause", {"spec": {"runPolicy": {"suspend": False}}})
+    st = wait_for(
+        lambda: state_is(kube, namespace, "pause", "Running"), WAIT, message="Running again"
+    )
+    assert (st["attempt"], st["restarts"]) == (1, 0)
+    names = sorted(p["metadata"]["name"] for p in kube.pods(namespace, "pause"))
+    assert names == ["pause-worker-0-a1", "pause-worker-1-a1"]
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds["Suspended"] == "False"
+    assert conds["Running"] == "True"
+
+
+def test_delete_removes_everything_through_the_garbage_collector(
+    kube: Kube, namespace: str, cluster: Cluster, operator: OperatorProcess
+) -> None:
+    kube.create_job(namespace, job_manifest("gone", nodes=2, outcome="run"))
+    wait_for(lambda: state_is(kube, namespace, "gone", "Running"), WAIT, message="Running")
+    owned = "kubegraft.io/job-name=gone"
+    kinds = "pods,services,configmaps,serviceaccounts,roles,rolebindings"
+    before = cluster.kubectl(
+        "get", kinds, "-n", namespace, "-l", owned, "-o", "name"
+    ).stdout.split()
+    assert len(before) == 2 + 1 + 2 + 1 + 1 + 1
+    kube.delete_job(namespace, "gone")
+    wait_for(lambda: kube.job(namespace, "gone") is None, WAIT, message="job deleted")
+    wait_for(
+        lambda: (
+            not cluster.kubectl(
+                "get", kinds, "-n", namespace, "-l", owned, "-o", "name"
+            ).stdout.split()
+        ),
+        WAIT,
+        message="children garbage-collected",
+    )
+
+
+def test_ttl_after_finished_deletes_the_job(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.create_job(
+        namespace,
+        job_manifest("short", nodes=1, delay="1s", run_policy={"ttlSecondsAfterFinished": 2}),
+    )
+    wait_for(lambda: state_is(kube, namespace, "short", "Succeeded"), WAIT, message="Succeeded")
+    wait_for(lambda: kube.job(namespace, "short") is None, WAIT, message="deleted by TTL")
+
+
+def test_stalled_job_is_restarted_as_stalled(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    # Pods keep running but rank 0 never reports a step: stalled after stallTimeoutSeconds.
+    before = operator.metric("kubegraft_operator_gang_restarts_total", reason="Stalled")
+    kube.create_job(
+        namespace,
+        job_manifest(
+            "stuck",
+            nodes=1,
+            outcome="run",
+            run_policy={"stallTimeoutSeconds": 10, "backoffLimit": 1},
+        ),
+    )
+    wait_for(lambda: state_is(kube, namespace, "stuck", "Running"), WAIT, message="Running")
+    st = wait_for(
+        lambda: (s := kube.status(namespace, "stuck")).get("restarts") == 1 and s,
+        WAIT,
+        message="stall",
+    )
+    assert st["lastRestartReason"] == "Stalled"
+    assert operator.metric("kubegraft_operator_gang_restarts_total", reason="Stalled") - before == 1
+
+
+def test_active_deadline_fails_the_job(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.create_job(
+        namespace,
+        job_manifest("late", nodes=1, outcome="run", run_policy={"activeDeadlineSeconds": 3}),
+    )
+    done = wait_for(lambda: state_is(kube, namespace, "late", "Failed"), WAIT, message="Failed")
+    assert done["reason"] == "DeadlineExceeded"
+    wait_for(
+        lambda: all(
+            p["metadata"].get("deletionTimestamp") or p["status"].get("phase") != "Running"
+            for p in kube.pods(namespace, "late")
+        ),
+        WAIT,
+        message="pods stopped",
+    )
+
+
+def test_pod_deleted_from_under_the_job_restarts_the_gang(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.create_job(namespace, job_manifest("evicted", nodes=2, outcome="run"))
+    wait_for(lambda: state_is(kube, namespace, "evicted", "Running"), WAIT, message="Running")
+    kube.core.delete_namespaced_pod("evicted-worker-1-a0", namespace)
+    st = wait_for(
+        lambda: (s := kube.status(namespace, "evicted")).get("restarts") == 1 and s,
+        WAIT,
+        message="restart",
+    )
+    assert st["lastRestartReason"] == "PodDeleted"
+    st = wait_for(
+        lambda: state_is(kube, namespace, "evicted", "Running"), WAIT, message="Running again"
+    )
+    assert st["attempt"] == 1

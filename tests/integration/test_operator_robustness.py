@@ -1,0 +1,283 @@
+"""The operator survives what a real cluster does to it: being killed half-way through a
+reconcile, running as two replicas (one leader, kopf peering), losing a node, and a restart
+of the kube-apiserver.
+
+As elsewhere, the operator is a real subprocess with its ServiceAccount's token, kwok plays
+the kubelet, and every wait is on a condition with a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubegraft_operator.apply import ENV_FAULT_EXIT_AFTER_CREATES
+from kubegraft_operator.testing import (
+    Kube,
+    OperatorProcess,
+    job_manifest,
+    operator_kubeconfig,
+    repo_root,
+    wait_for,
+)
+
+from kubegraft.devcluster import procs
+from kubegraft.devcluster.cluster import Cluster
+
+pytestmark = pytest.mark.integration
+WAIT = 120
+LIFETIME = 15
+"""Peering keep-alive lifetime (s): short for a quick failover, long enough that a busy
+machine does not miss keep-alives and make the replicas flap."""
+"""Seconds any wait may take on a loaded machine; waits end as soon as their condition holds."""
+PEERING_OBJECT = {
+    "apiVersion": "kopf.dev/v1",
+    "kind": "KopfPeering",
+    "metadata": {"name": "kubegraft"},
+}
+
+
+@pytest.fixture(scope="module")
+def op_kubeconfig(
+    cluster: Cluster, crd: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return operator_kubeconfig(
+        cluster.kubectl, cluster.kubeconfig, tmp_path_factory.mktemp("op") / "kubeconfig"
+    )
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: Cluster) -> Iterator[Kube]:
+    api = cluster.api_client()
+    yield Kube(api)
+    api.close()
+
+
+def state_is(kube: Kube, ns: str, name: str, *states: str) -> dict[str, Any] | None:
+    st = kube.status(ns, name)
+    return st if st.get("state") in states else None
+
+
+def test_killed_half_way_then_restarted_creates_nothing_twice(
+    cluster: Cluster, kube: Kube, namespace: str, op_kubeconfig: Path, tmp_path: Path
+) -> None:
+    # The first operator dies (exit 137, as if SIGKILLed) right after its 8th create: the six
+    # per-job objects and 2 of the 4 pods exist, no status was written.
+    crashing = OperatorProcess(
+        op_kubeconfig,
+        tmp_path / "crash.log",
+        namespace=namespace,
+        env={ENV_FAULT_EXIT_AFTER_CREATES: "8"},
+    ).start()
+    kube.create_job(namespace, job_manifest("crash", nodes=4, delay="3s"))
+    assert crashing.proc is not None
+    assert crashing.proc.wait(timeout=90) == 137
+    half = kube.pods(namespace, "crash")
+    assert len(half) == 2, [p["metadata"]["name"] for p in half]
+    assert "state" not in kube.status(namespace, "crash")
+
+    with OperatorProcess(op_kubeconfig, tmp_path / "after.log", namespace=namespace):
+        done = wait_for(
+            lambda: state_is(kube, namespace, "crash", "Succeeded", "Failed"),
+            WAIT,
+            message="finished",
+        )
+    assert (done["state"], done["restarts"], done["attempt"]) == ("Succeeded", 0, 0)
+    pods = kube.pods(namespace, "crash")
+    assert sorted(p["metadata"]["name"] for p in pods) == [f"crash-worker-{r}-a0" for r in range(4)]
+    # The two pods from before the crash were kept, not recreated.
+    assert {p["metadata"]["uid"] for p in half} <= {p["metadata"]["uid"] for p in pods}
+    owned = cluster.kubectl(
+        "get",
+        "services,configmaps,serviceaccounts,roles,rolebindings",
+        "-n",
+        namespace,
+        "-l",
+        "kubegraft.io/job-name=crash",
+        "-o",
+        "name",
+    ).stdout.split()
+    kinds = Counter(name.split("/")[0] for name in owned)
+    assert kinds == Counter(
+        {
+            "service": 1,
+            "configmap": 2,
+            "serviceaccount": 1,
+            "role.rbac.authorization.k8s.io": 1,
+            "rolebinding.rbac.authorization.k8s.io": 1,
+        }
+    )
+    job_uid = kube.job(namespace, "crash")["metadata"]["uid"]  # type: ignore[index]
+    for p in pods:
+        assert [o["uid"] for o in p["metadata"]["ownerReferences"]] == [job_uid]
+
+
+def test_two_replicas_one_leader_and_failover(
+    cluster: Cluster, kube: Kube, namespace: str, op_kubeconfig: Path, tmp_path: Path
+) -> None:
+    cluster.kubectl("apply", "-f", str(repo_root() / "manifests" / "operator" / "peering.yaml"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev"
+    )
+    cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(PEERING_OBJECT),
+    )
+    env = {"KUBEGRAFT_PEERING_LIFETIME": str(LIFETIME)}
+    low = OperatorProcess(
+        op_kubeconfig,
+        tmp_path / "low.log",
+        namespace=namespace,
+        peering="kubegraft",
+        priority=10,
+        env=env,
+    )
+    high = OperatorProcess(
+        op_kubeconfig,
+        tmp_path / "high.log",
+        namespace=namespace,
+        peering="kubegraft",
+        priority=20,
+        env=env,
+    )
+    # One after the other: the follower must see the leader's record appear (started at the
+    # same instant, kopf's peering stream of one of them was once seen never to start).
+    low.start()
+    try:
+        low.wait_healthy()
+        high.start()
+        high.wait_healthy()
+        wait_for(
+            lambda: "Pausing operations in favour of" in low.logs(),
+            WAIT,
+            message="low-priority replica pauses",
+        )
+        kube.create_job(namespace, job_manifest("led", nodes=2, outcome="run"))
+        wait_for(lambda: state_is(kube, namespace, "led", "Running"), WAIT, message="Running")
+        assert high.metric("kubegraft_operator_reconciles_total", result="ok") > 0
+        assert low.metric("kubegraft_operator_reconciles_total", result="ok") == 0
+        assert "Pausing operations" not in high.logs()
+
+        high.kill(signal.SIGKILL)  # no goodbye: the follower must notice the expired keep-alive
+        killed = time.monotonic()
+        kube.create_job(namespace, job_manifest("after", nodes=1, outcome="run"))
+        wait_for(
+            lambda: state_is(kube, namespace, "after", "Running"),
+            WAIT,
+            message="follower takes over",
+        )
+        took = time.monotonic() - killed
+        assert low.metric("kubegraft_operator_reconciles_total", result="ok") > 0
+        log = low.logs()
+        assert "Resuming operations" in log[log.rindex("Pausing operations in favour of") :]
+        print(f"failover took {took:.1f}s with a peering lifetime of {LIFETIME}s")
+    finally:
+        low.stop()
+        high.stop()
+
+
+def _set_ready(cluster: Cluster, node: str, status: str) -> None:
+    """Set the node's Ready condition as a kubelet (here: kwok) would report it."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ready = {
+        "type": "Ready",
+        "status": status,
+        "reason": "KubeletStopped",
+        "message": "test",
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    }
+    patch = json.dumps({"status": {"conditions": [ready]}})
+    cluster.kubectl("patch", "node", node, "--subresource=status", "--type=strategic", "-p", patch)
+
+
+def test_node_not_ready_restarts_the_gang_on_other_nodes(
+    cluster: Cluster, kube: Kube, namespace: str, op_kubeconfig: Path, tmp_path: Path
+) -> None:
+    with OperatorProcess(op_kubeconfig, tmp_path / "op.log", namespace=namespace):
+        kube.create_job(namespace, job_manifest("lost", nodes=2, procs_per_node=8, outcome="run"))
+        wait_for(lambda: state_is(kube, namespace, "lost", "Running"), WAIT, message="Running")
+        victim = next(
+            p
+            for p in kube.pods(namespace, "lost")
+            if p["metadata"]["labels"]["kubegraft.io/node-rank"] == "1"
+        )
+        node = victim["spec"]["nodeName"]
+        cluster.kubectl("cordon", node)
+        try:
+            _set_ready(cluster, node, "False")
+            st = wait_for(
+                lambda: (s := kube.status(namespace, "lost")).get("restarts") == 1 and s,
+                WAIT,
+                message="gang restart",
+            )
+            assert st["lastRestartReason"] == "NodeLost"
+            st = wait_for(
+                lambda: state_is(kube, namespace, "lost", "Running"), WAIT, message="Running again"
+            )
+            assert st["attempt"] == 1
+            new = [
+                p
+                for p in kube.pods(namespace, "lost")
+                if p["metadata"]["labels"]["kubegraft.io/attempt"] == "1"
+            ]
+            assert len(new) == 2
+            assert all(p["spec"]["nodeName"] != node for p in new)
+        finally:
+            cluster.kubectl("uncordon", node)
+            _set_ready(cluster, node, "True")
+
+
+def _ready(cluster: Cluster) -> bool:
+    """/readyz answers 200; a starting API server may accept connections and hang: not ready."""
+    try:
+        res = cluster.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
+    except subprocess.TimeoutExpired:
+        return False
+    return res.returncode == 0
+
+
+def _restart_apiserver(cluster: Cluster) -> float:
+    """Stop the kube-apiserver process and start it again with the same argv; seconds down."""
+    index, record = next((i, r) for i, r in enumerate(cluster.processes) if "apiserver" in r.name)
+    started = time.monotonic()
+    assert procs.stop(record)
+    fresh = procs.start(record.name, record.argv, Path(record.log))
+    cluster.processes[index] = fresh
+    cluster.save()
+    wait_for(lambda: _ready(cluster), WAIT, interval=0.5, message="kube-apiserver ready again")
+    return time.monotonic() - started
+
+
+def test_operator_keeps_working_across_an_apiserver_restart(
+    cluster: Cluster, kube: Kube, namespace: str, op_kubeconfig: Path, tmp_path: Path
+) -> None:
+    with OperatorProcess(op_kubeconfig, tmp_path / "op.log", namespace=namespace) as op:
+        kube.create_job(namespace, job_manifest("before", nodes=1, outcome="run"))
+        wait_for(lambda: state_is(kube, namespace, "before", "Running"), WAIT, message="Running")
+        down = _restart_apiserver(cluster)
+        assert op.alive()
+        kube.create_job(namespace, job_manifest("afterwards", nodes=2, delay="2s"))
+        done = wait_for(
+            lambda: state_is(kube, namespace, "afterwards", "Succeeded", "Failed"),
+            120,
+            message="job after the restart finished",
+        )
+        assert done["state"] == "Succeeded"
+        # The job from before is still tracked: suspending it takes effect.
+        kube.patch_job(namespace, "before", {"spec": {"runPolicy": {"suspend": True}}})
+        wait_for(
+            lambda: state_is(kube, namespace, "before", "Suspended"), WAIT, message="Suspended"
+        )
+        print(f"kube-apiserver was restarted in {down:.1f}s")
