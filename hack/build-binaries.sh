@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok) from the Go module proxy, once per version set.
+# kube-scheduler, kubectl, kwok) and helm from the Go module proxy, once per version set.
 #
-# The binaries land in $KUBEGRAFT_CACHE/bin/<key>/, where <key> hashes the tools modules'
-# go.mod/go.sum and the Go version: a cache hit costs nothing, a change to a pin rebuilds.
+# The control plane lands in $KUBEGRAFT_CACHE/bin/<key>/, where <key> hashes the etcd, k8s and
+# kwok tools modules' go.mod/go.sum and the Go version: a cache hit costs nothing, a change to
+# a pin rebuilds. helm has its own key (tools/helm), lands in bin/helm-<key>/ and is linked into
+# the control plane's directory, so that one directory on PATH gives kubectl and helm.
 # Prints the binary directory on its last line of stdout; progress goes to stderr.
 set -euo pipefail
 
@@ -11,21 +13,47 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${KUBEGRAFT_CACHE:-$HOME/.cache/kubegraft}
 k8s_version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/tools/k8s/go.mod")
 [ -n "$k8s_version" ] || { echo "cannot read the k8s.io/kubernetes version from tools/k8s/go.mod" >&2; exit 1; }
-key=$( (cat "$here"/tools/*/go.mod "$here"/tools/*/go.sum; go version) | sha256sum | cut -c1-16)
+cp_modules=(etcd k8s kwok)
+key=$( (for m in "${cp_modules[@]}"; do cat "$here/tools/$m/go.mod"; done
+        for m in "${cp_modules[@]}"; do cat "$here/tools/$m/go.sum"; done
+        go version) | sha256sum | cut -c1-16)
+helm_key=$( (cat "$here/tools/helm/go.mod" "$here/tools/helm/go.sum"; go version) | sha256sum | cut -c1-16)
 out="$cache/bin/$key"
+helm_out="$cache/bin/helm-$helm_key"
 want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
 
-have_all() { for b in "${want[@]}"; do [ -x "$out/$b" ] || return 1; done; }
-if have_all; then echo "$out"; exit 0; fi
-
-mkdir -p "$out.partial"
 export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+have_all() { for b in "${want[@]}"; do [ -x "$out/$b" ] || return 1; done; }
 
-# A heartbeat so that a 20-minute cold build does not look like a hang.
-( while sleep 60; do log "still building..."; done ) & beat=$!
-trap 'kill $beat 2>/dev/null || true' EXIT
+beat=
+heartbeat() {
+  # A heartbeat so that a 20-minute cold build does not look like a hang.
+  [ -n "$beat" ] && return
+  ( while sleep 60; do log "still building..."; done ) & beat=$!
+  trap 'kill $beat 2>/dev/null || true' EXIT
+}
 
+ensure_helm() {
+  if [ ! -x "$helm_out/helm" ]; then
+    heartbeat
+    log "building helm (cold: a few minutes)"
+    mkdir -p "$helm_out.partial"
+    helm_version=$(awk '$1 == "helm.sh/helm/v3" && $2 ~ /^v/ {print $2; exit}' "$here/tools/helm/go.mod")
+    (cd "$here/tools/helm" && go build -trimpath -o "$helm_out.partial/helm" \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+      helm.sh/helm/v3/cmd/helm)
+    rm -rf "$helm_out" && mv "$helm_out.partial" "$helm_out"
+  fi
+  if [ "$(readlink "$out/helm" 2>/dev/null)" != "$helm_out/helm" ]; then
+    ln -sfn "$helm_out/helm" "$out/helm"
+  fi
+}
+
+if have_all; then ensure_helm; echo "$out"; exit 0; fi
+
+heartbeat
+mkdir -p "$out.partial"
 ver_flags="-X k8s.io/component-base/version.gitVersion=$k8s_version \
  -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version \
  -X k8s.io/component-base/version.gitMajor=1 \
@@ -52,5 +80,6 @@ mkdir -p "$out.partial/kwok-kustomize"
 cp -r "$kwok_dir/kustomize/." "$out.partial/kwok-kustomize/"
 chmod -R u+w "$out.partial/kwok-kustomize"
 rm -rf "$out" && mv "$out.partial" "$out"
+ensure_helm
 log "binaries ready in $out"
 echo "$out"

@@ -1,0 +1,35 @@
+# Entry points for people and CI. Everything runs in a venv cached outside the repository
+# (~/.cache/kubegraft/venv-<hash of pyproject.toml>, made by hack/venv.sh) and, where a cluster
+# is involved, with binaries built once from the Go module proxy (hack/build-binaries.sh).
+
+.PHONY: test test-unit run-quickstart venv binaries cluster-up cluster-down cluster-status
+
+## test: the whole suite except GPU tests (lint, types, layering, every tier); CI runs this
+test:
+	hack/test.sh all
+
+## test-unit: the fast tier only; starts nothing
+test-unit:
+	hack/test.sh unit
+
+## run-quickstart: fine-tune the quickstart example locally (CPU is enough)
+run-quickstart:
+	hack/in-env.sh kubegraft run examples/quickstart.yaml
+
+## venv / binaries: set up (or reuse) the environment and the control-plane binaries
+venv:
+	hack/venv.sh
+binaries:
+	hack/build-binaries.sh
+
+## cluster-up / cluster-down / cluster-status: the local control plane for manual work
+## (then: eval "$$(hack/in-env.sh kubegraft dev cluster env)")
+cluster-up:
+	hack/in-env.sh --binaries kubegraft dev cluster up
+cluster-down:
+	hack/in-env.sh kubegraft dev cluster down
+cluster-status:
+	hack/in-env.sh kubegraft dev cluster status
+
+help:
+	@grep -E '^## ' Makefile | sed 's/^## /  /'

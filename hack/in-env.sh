@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs a command inside the project's environment: the cached venv (hack/venv.sh) and, with
+# --binaries, the built control-plane binaries, kubectl and helm (hack/build-binaries.sh) first
+# on PATH and in $KUBEGRAFT_BIN_DIR.   Usage: hack/in-env.sh [--binaries] COMMAND [ARGS...]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+venv=$("$here/venv.sh" | tail -1)
+export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH"
+if [ "${1:-}" = "--binaries" ]; then
+  shift
+  KUBEGRAFT_BIN_DIR=$("$here/build-binaries.sh" | tail -1)
+  export KUBEGRAFT_BIN_DIR PATH="$KUBEGRAFT_BIN_DIR:$PATH"
+fi
+cd "$here/.."
+exec "$@"

@@ -1,0 +1,112 @@
+"""pytest fixtures over the real local control plane, for the integration and e2e tiers.
+
+Registered from ``tests/conftest.py`` (``pytest_plugins = ["kubegraft.devcluster.pytest_plugin"]``)
+so that every test directory can use them:
+
+- ``cluster`` (session): starts etcd, kube-apiserver, controller-manager, scheduler and kwok
+  once per test run in a temporary state dir and stops them at the end; returns a
+  :class:`~kubegraft.devcluster.cluster.Cluster` (``kubeconfig``, ``bin_dir``, ``server``,
+  ``kubectl(*args, check=True, input=None)``, ``api_client()``). With
+  ``KUBEGRAFT_TEST_CLUSTER=<state dir>`` it reuses a cluster started by
+  ``kubegraft dev cluster up --state-dir <state dir>`` and leaves it running.
+- ``crd`` (session): applies every YAML file in ``manifests/crd/`` and waits until each CRD is
+  Established; returns the CRD names.
+- ``namespace`` (function): a fresh namespace whose ``default`` ServiceAccount exists (pods can
+  be created at once); deleted after the test.
+
+Tests marked ``unit`` may not use ``cluster``: the unit tier starts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubegraft.devcluster.binaries import repo_root
+from kubegraft.devcluster.cluster import Cluster, ClusterError, down, load, up
+
+ENV_REUSE = "KUBEGRAFT_TEST_CLUSTER"
+CRD_DIR = Path("manifests") / "crd"
+
+
+def _log(message: str) -> None:
+    print(f"[cluster fixture] {message}", file=sys.stderr, flush=True)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Keep the unit tier pure: a unit test asking for the control plane is an error."""
+    fixtures = getattr(item, "fixturenames", ())
+    if item.get_closest_marker("unit") and {"cluster", "crd", "namespace"} & set(fixtures):
+        pytest.fail("tests marked `unit` must not use the cluster fixtures; mark it integration")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The real local control plane, started once per test session."""
+    reuse = os.environ.get(ENV_REUSE)
+    if reuse:
+        existing = load(Path(reuse).resolve())
+        if existing is None or not all(existing.alive().values()):
+            raise ClusterError(f"{ENV_REUSE}={reuse}: no running cluster recorded there")
+        yield existing
+        return
+    state_dir = tmp_path_factory.mktemp("cluster")
+    started = time.monotonic()
+    handle = up(state_dir, name="kubegraft-test", log=_log, tie_to_caller=True)
+    _log(f"up in {time.monotonic() - started:.1f}s")
+    try:
+        yield handle
+    finally:
+        handle.save()  # a test may have restarted a component: record its current pid
+        down(state_dir, log=_log)
+
+
+def _crd_names(directory: Path) -> tuple[list[Path], list[str]]:
+    files = sorted(p for p in directory.glob("*.y*ml") if p.is_file())
+    names = []
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                names.append(doc["metadata"]["name"])
+    return files, names
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> list[str]:
+    """Apply ``manifests/crd/*.yaml`` and wait until each CRD is Established; its names."""
+    files, names = _crd_names(repo_root() / CRD_DIR)
+    for path in files:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    return names
+
+
+def _namespace_name(test_name: str) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"t-{stem}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace, ready for pods (its ``default`` ServiceAccount exists)."""
+    name = _namespace_name(request.node.name)
+    cluster.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + 60
+    delay = 0.05
+    while cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ServiceAccount {name}/default did not appear within 60s")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    yield name
+    # Namespace deletion finishes in the background (the namespace controller empties it).
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
