@@ -1,13 +1,403 @@
-"""`kubegraft run` (placeholder until its owner fills it in)."""
+"""``kubegraft run JOB.yaml``: run a FineTuneJob on this machine, the project's main job.
+
+The same manifest that goes to a cluster runs here as one node with ``--nproc`` local
+processes. The manifest is validated first (a bad one fails before anything starts, naming
+the field, with exit code 78); local adjustments are then made and written to
+``<output>/job.yaml``, which the trainer reads:
+
+* ``--set key=value`` overrides (``training.epochs=2``, ``spec.dataset.maxSamples=500``;
+  values are YAML, so numbers, booleans and lists work);
+* ``distributed.nodes`` is 1 and ``procsPerNode`` is ``--nproc`` (default: the manifest's);
+* the rendezvous port is a free one, so runs do not collide;
+* ``output.path``: ``--output``, else the manifest's unless it is the in-cluster default,
+  else ``./runs/<job-name>``; relative paths are taken from the current directory, and
+  relative data/checkpoint paths from the manifest's directory.
+
+The command is :func:`kubegraft.launch.build_launch` for node 0 -- exactly what a worker pod
+runs -- started as a subprocess. A progress bar follows the trainer's progress file (loss,
+samples/s, ETA); at the end the final metrics are printed. The exit code is the trainer's own
+(0, 1, 75 or 78), read from the per-rank status files because torchrun reports every failure
+as 1. This module imports no torch; the trainer runs in the subprocess.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kubegraft.api.v1alpha1 import FineTuneJob
+from kubegraft.exitcodes import ExitCode, node_exit_code
+from kubegraft.launch import build_launch
+from kubegraft.progress import ENV_PROGRESS_FILE
+
+IN_CLUSTER_OUTPUT = "/output"
+
+
+class ManifestError(Exception):
+    """A manifest that cannot run; the message names the field."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare this command's arguments."""
+    parser.add_argument("manifest", help="the FineTuneJob manifest (YAML)")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="local training processes (default: the manifest's procsPerNode)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. training.epochs=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--output", default=None, help="output directory (default: ./runs/<job-name>)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus /metrics on this port (0: off)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (log lines only)"
+    )
+    parser.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-4 as a string; a user means the number
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_override(doc: dict[str, Any], assignment: str) -> None:
+    """Set ``a.b.c=value`` (camelCase keys as in the manifest; ``spec.`` may be omitted)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ManifestError(f"--set {assignment!r}: expected KEY=VALUE")
+    parts = key.strip().split(".")
+    if parts[0] not in ("spec", "metadata"):
+        parts = ["spec", *parts]
+    node: Any = doc
+    for part in parts[:-1]:
+        if isinstance(node, list) and part.isdigit():
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ManifestError(f"--set {key}: {part!r} is not inside a mapping")
+        node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit():
+        node[int(last)] = _parse_value(raw)
+    elif isinstance(node, dict):
+        node[last] = _parse_value(raw)
+    else:
+        raise ManifestError(f"--set {key}: cannot set {last!r} here")
+
+
+def _absolute_uri(uri: str, base: Path) -> str:
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    return str((base / uri).resolve())
+
+
+def localize(
+    doc: dict[str, Any],
+    *,
+    manifest_dir: Path,
+    nproc: int | None,
+    output: str | None,
+    master_port: int,
+) -> dict[str, Any]:
+    """The manifest as it runs locally (see the module docstring)."""
+    doc = copy.deepcopy(doc)
+    spec = doc.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        raise ManifestError("spec: must be a mapping")
+    name = str((doc.get("metadata") or {}).get("name") or "job")
+    dist = spec.setdefault("distributed", {})
+    dist["nodes"] = 1
+    if nproc is not None:
+        dist["procsPerNode"] = nproc
+    dist["masterPort"] = master_port
+    out = spec.setdefault("output", {})
+    if output is not None:
+        path = output
+    elif out.get("path") and out["path"] != IN_CLUSTER_OUTPUT:
+        path = str(out["path"])
+    else:
+        path = os.path.join("runs", name)
+    out["path"] = str(Path(path).expanduser().resolve())
+    dataset = spec.get("dataset") or {}
+    for key in ("train", "validation"):
+        if isinstance(dataset.get(key), dict) and isinstance(dataset[key].get("uri"), str):
+            dataset[key]["uri"] = _absolute_uri(dataset[key]["uri"], manifest_dir)
+    for item in dataset.get("evalSets") or []:
+        if isinstance(item, dict) and isinstance(item.get("uri"), str):
+            item["uri"] = _absolute_uri(item["uri"], manifest_dir)
+    model = spec.get("model") or {}
+    if isinstance(model.get("checkpoint"), str):
+        model["checkpoint"] = _absolute_uri(model["checkpoint"], manifest_dir)
+    return doc
+
+
+def validation_messages(exc: ValidationError) -> list[str]:
+    """One ``field: problem`` line per error, fields as on the wire."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"{loc}: {err['msg']}")
+    return lines
+
+
+def cross_field_problems(job: FineTuneJob) -> list[str]:
+    """The CEL rules the API server would enforce, for manifests that never see one."""
+    s = job.spec
+    problems = []
+    if (s.training.epochs is None) == (s.training.max_steps is None):
+        problems.append("spec.training: set exactly one of epochs and maxSteps")
+    if s.training.warmup_steps is not None and s.training.warmup_ratio is not None:
+        problems.append("spec.training: set at most one of warmupSteps and warmupRatio")
+    d = s.dataset
+    if d.include_labels is not None and d.exclude_labels is not None:
+        problems.append("spec.dataset: set at most one of includeLabels and excludeLabels")
+    if d.validation is None and d.validation_split is None and not d.eval_sets:
+        problems.append(
+            "spec.dataset: give a validation set, a validationSplit or at least one evalSet"
+        )
+    if s.distributed.deepspeed is not None and s.distributed.strategy.value != "deepspeed":
+        problems.append("spec.distributed.deepspeed: only allowed with strategy deepspeed")
+    f = s.freeze
+    if (f.preset.value == "top-k") != (f.top_k is not None):
+        problems.append("spec.freeze.topK: required with preset top-k and only allowed with it")
+    if s.model.format.value == "state-dict" and not s.model.architecture:
+        problems.append("spec.model.architecture: required when format is state-dict")
+    return problems
+
+
+def load_manifest(
+    path: Path, overrides: list[str], **local: Any
+) -> tuple[FineTuneJob, dict[str, Any]]:
+    """Read, override, localise and validate a manifest; ManifestError lists every problem."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ManifestError(f"{path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{path}: expected a FineTuneJob mapping")
+    for assignment in overrides:
+        apply_override(doc, assignment)
+    doc = localize(doc, manifest_dir=path.resolve().parent, **local)
+    try:
+        job = FineTuneJob.model_validate(doc)
+    except ValidationError as exc:
+        raise ManifestError("\n".join(validation_messages(exc))) from exc
+    problems = cross_field_problems(job)
+    if problems:
+        raise ManifestError("\n".join(problems))
+    return job, doc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def worker_exit_code(output: Path, launcher_code: int) -> int:
+    """The trainer's own exit code from the per-rank status files (torchrun says only 1)."""
+    codes = []
+    for f in sorted((output / "status").glob("rank-*.json")):
+        rec = read_json(f)
+        if rec is not None and isinstance(rec.get("exitCode"), int):
+            codes.append(int(rec["exitCode"]))
+    return node_exit_code(launcher_code, codes)
+
+
+class ProgressView:
+    """A tqdm bar over optimizer steps, fed from the trainer's progress file."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        self.bar: Any = None
+        self.last_step = 0
+
+    def update(self) -> None:
+        report = read_json(self.path)
+        if report is None or not self.enabled:
+            return
+        from tqdm import tqdm
+
+        total = report.get("totalSteps")
+        if self.bar is None and total:
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+        if self.bar is None:
+            return
+        step = int(report.get("step") or 0)
+        if step > self.last_step:
+            self.bar.update(step - self.last_step)
+            self.last_step = step
+        post: dict[str, str] = {"phase": str(report.get("phase", ""))}
+        if report.get("trainLoss") is not None:
+            post["loss"] = f"{report['trainLoss']:.4f}"
+        if report.get("samplesPerSecond") is not None:
+            post["samples/s"] = f"{report['samplesPerSecond']:.0f}"
+        if report.get("accuracy") is not None:
+            post["val_acc"] = f"{report['accuracy']:.3f}"
+        self.bar.set_postfix(post, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.update()
+            self.bar.close()
+
+
+def print_summary(output: Path) -> None:
+    metrics = read_json(output / "metrics.json")
+    if metrics is None:
+        return
+    print(
+        f"\nfinished {metrics.get('job')}: {metrics.get('step')} steps "
+        f"in {metrics.get('wall_seconds')}s on {metrics.get('processes')} process(es)"
+    )
+    for name, m in (metrics.get("eval") or {}).items():
+        shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+        print(f"  {name}: {shown}")
+    if metrics.get("chance_accuracy") is not None:
+        print(
+            f"  chance (majority class): accuracy={metrics['chance_accuracy']:.4f} "
+            f"over {metrics.get('num_labels')} labels"
+        )
+    if metrics.get("trainable_parameters") is not None:
+        print(
+            f"  trainable parameters: {metrics['trainable_parameters']:,} "
+            f"of {metrics.get('total_parameters'):,}"
+        )
+    if metrics.get("model_dir"):
+        print(f"  model: {metrics['model_dir']}")
+    print(f"  metrics: {output / 'metrics.json'}")
 
 
 def main(args: argparse.Namespace) -> int:
-    raise SystemExit("kubegraft run: not implemented yet")
+    manifest = Path(args.manifest)
+    try:
+        job, doc = load_manifest(
+            manifest,
+            list(args.overrides),
+            nproc=args.nproc,
+            output=args.output,
+            master_port=free_port(),
+        )
+    except ManifestError as exc:
+        print(f"kubegraft run: invalid manifest {manifest}:", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return int(ExitCode.CONFIG_ERROR)
+
+    output = Path(job.spec.output.path)
+    output.mkdir(parents=True, exist_ok=True)
+    for stale in (output / "status").glob("rank-*.json"):
+        stale.unlink()
+    config_path = output / "job.yaml"
+    config_path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    progress_file = output / "progress.json"
+    progress_file.unlink(missing_ok=True)
+    launch = build_launch(
+        job.spec,
+        node_rank=0,
+        master_addr="127.0.0.1",
+        config_path=str(config_path),
+        python=args.python,
+        extra_env={
+            ENV_PROGRESS_FILE: str(progress_file),
+            "KUBEGRAFT_METRICS_PORT": str(args.metrics_port),
+        },
+    )
+    env = dict(os.environ)
+    env.update(launch.env)
+    here = Path(__file__).resolve().parents[2]
+    # Running from a source checkout: let the trainer processes import the same packages.
+    if (here / "trainer" / "kubegraft_trainer").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(here), str(here / "trainer"), env.get("PYTHONPATH", "")) if p
+        )
+    d = job.spec.distributed
+    print(
+        f"kubegraft run: {job.metadata.name}: {d.procs_per_node} process(es), "
+        f"strategy {d.strategy.value}; output {output}",
+        file=sys.stderr,
+    )
+    log_file = output / "train.log"
+    view = ProgressView(progress_file, enabled=not args.no_progress)
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(
+            launch.argv,
+            env=env,
+            stdout=log if not args.no_progress else None,
+            stderr=subprocess.STDOUT if not args.no_progress else None,
+            start_new_session=True,
+        )
+        try:
+            while proc.poll() is None:
+                view.update()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGTERM)  # the trainer checkpoints and exits 75
+            proc.wait()
+        finally:
+            view.close()
+    code = worker_exit_code(output, proc.returncode)
+    if code == 0:
+        print_summary(output)
+    else:
+        print(
+            f"kubegraft run: the trainer exited with {code}; last lines of {log_file}:",
+            file=sys.stderr,
+        )
+        if not args.no_progress:
+            lines = log_file.read_text(errors="replace").splitlines()
+            errors = [ln for ln in lines if "ERROR" in ln or "configuration error" in ln]
+            for line in errors[-10:] or lines[-20:]:
+                print(f"  {line}", file=sys.stderr)
+    return code

@@ -1,0 +1,904 @@
+"""The distributed training loop: one FineTuneJob spec in, a trained and exported model out.
+
+Called by :mod:`kubegraft_trainer.entrypoint` in every process torchrun starts. The order of
+things, and why:
+
+1. Accelerate reads the torchrun environment. DDP on CPU runs over gloo (``cpu=True``); DeepSpeed
+   gets its config from :func:`~kubegraft_trainer.deepspeed_config.build_deepspeed_config`
+   through Accelerate's DeepSpeed plugin (on CPU with the gloo backend named explicitly, since
+   Accelerate otherwise leaves the process group to DeepSpeed and counts one process).
+2. Data is read and split identically on every process (seeded), the model is loaded with the
+   data's number of labels, and the freeze policy is applied; a checkpoint's trainer state is
+   read *before* wrapping so that the freeze stage in force is the one the wrapper sees.
+3. The optimizer is AdamW over the policy's parameter groups: every parameter for DDP (frozen
+   ones get no gradient, so gradual unfreezing needs no new optimizer), only the trainable ones
+   for DeepSpeed (ZeRO partitions what it is given). Frozen parameters have
+   ``requires_grad=False``, so autograd never runs backward through a frozen prefix.
+4. When only the head trains, the backbone's features are computed once
+   (:mod:`~kubegraft_trainer.feature_cache`) and the head trains on them.
+5. Each optimizer step: stage update (gradual unfreezing; DDP is re-wrapped because its
+   reducer is built for the parameters that required grad when it was made), micro-batches
+   with ``no_sync`` except the last, clipping, step; then logging, preemption check,
+   evaluation, checkpoint. The data position (epoch, micro-batches done) is saved with each
+   checkpoint so a resumed run continues with exactly the next batch.
+6. At the end: final evaluation, export (``<output>/model``) and ``<output>/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from kubegraft.api.v1alpha1 import FineTuneJobSpec, Precision, SchedulerKind, Strategy, Task
+from kubegraft.exitcodes import ExitCode
+from kubegraft.progress import ProgressReport, publish, write_atomically
+from kubegraft_trainer.checkpointing import CheckpointManager, read_best, read_trainer_state
+from kubegraft_trainer.data import (
+    IGNORE_INDEX,
+    PreparedData,
+    ResumableDistributedSampler,
+    build_dataset,
+    prepare_data,
+)
+from kubegraft_trainer.deepspeed_config import build_deepspeed_config
+from kubegraft_trainer.errors import ConfigError
+from kubegraft_trainer.evaluation import (
+    classification_metrics,
+    evaluate,
+    gather_all,
+    is_improvement,
+)
+from kubegraft_trainer.feature_cache import (
+    MODEL_INPUTS,
+    FeatureDataset,
+    cache_blocker,
+    compute_features,
+    feature_collate,
+)
+from kubegraft_trainer.freeze import FreezePolicy
+from kubegraft_trainer.metrics_exporter import TrainingMetrics
+from kubegraft_trainer.pretrained import ModelBundle, load_model
+from kubegraft_trainer.signals import PreemptionFlag
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+LABELS_FILE = "labels.json"
+
+
+class Preempted(Exception):
+    """SIGTERM was handled: a checkpoint was saved and the process should exit 75."""
+
+    exit_code = int(ExitCode.PREEMPTED)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+class TrainStep(nn.Module):
+    """What the distributed wrapper wraps: a batch dict in, logits out.
+
+    Cached batches (``features``) go through the head only; raw batches through the whole
+    model. Floating inputs are cast to ``input_dtype`` (DeepSpeed bf16/fp16 keeps the weights
+    in that dtype and does not cast inputs itself).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.input_dtype: torch.dtype | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.input_dtype) if self.input_dtype and t.is_floating_point() else t
+
+        if "features" in batch:
+            logits: torch.Tensor = self.model.forward_head(cast(batch["features"]))  # type: ignore[operator]
+            return logits
+        inputs = {k: cast(v) for k, v in batch.items() if k in MODEL_INPUTS}
+        out: torch.Tensor = self.model(**inputs)
+        return out
+
+
+def lr_lambda(kind: SchedulerKind, *, warmup: int, total: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at optimizer step ``s``: linear warmup, then the schedule."""
+
+    def f(s: int) -> float:
+        if warmup > 0 and s < warmup:
+            return (s + 1) / (warmup + 1)
+        if kind == SchedulerKind.CONSTANT:
+            return 1.0
+        span = max(1, total - warmup)
+        progress = min(1.0, max(0.0, (s - warmup) / span))
+        if kind == SchedulerKind.LINEAR:
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def warmup_steps(spec: FineTuneJobSpec, total: int) -> int:
+    t = spec.training
+    if t.warmup_steps is not None:
+        return t.warmup_steps
+    if t.warmup_ratio is not None:
+        return int(t.warmup_ratio * total)
+    return 0
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, ignoring padding."""
+    return nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def validate_spec(spec: FineTuneJobSpec) -> None:
+    """Cross-field rules the CRD enforces with CEL, checked again for local runs."""
+    t = spec.training
+    if (t.epochs is None) == (t.max_steps is None):
+        raise ConfigError("set exactly one of epochs and maxSteps", field="spec.training")
+    if t.warmup_steps is not None and t.warmup_ratio is not None:
+        raise ConfigError("set at most one of warmupSteps and warmupRatio", field="spec.training")
+    if (
+        spec.distributed.strategy == Strategy.DEEPSPEED
+        and spec.freeze.gradual_unfreezing is not None
+    ):
+        raise ConfigError(
+            "gradual unfreezing is not supported with strategy deepspeed (ZeRO partitions the "
+            "trainable parameters once, at start); use strategy ddp",
+            field="spec.freeze.gradualUnfreezing",
+        )
+
+
+@dataclass
+class LoopState:
+    """The loop's position and bookkeeping; saved as trainer_state.json in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0
+    """Micro-batches of the current epoch already trained on (per process)."""
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    """Evaluations in a row without an early-stopping improvement."""
+    early_stopping_best: float | None = None
+    stopped_early: bool = False
+    freeze: dict[str, Any] = field(default_factory=dict)
+    label_names: list[str] = field(default_factory=list)
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    train_loss: float | None = None
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_accelerator(spec: FineTuneJobSpec) -> Any:
+    """An Accelerator for the spec's strategy, backend and precision."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    d = spec.distributed
+    precision = {Precision.FP32: "no", Precision.BF16: "bf16", Precision.FP16: "fp16"}[
+        spec.training.precision
+    ]
+    gpu = torch.cuda.is_available() and d.backend != "gloo"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    handlers: list[Any] = []
+    kwargs: dict[str, Any] = {"step_scheduler_with_optimizer": False, "mixed_precision": precision}
+    if d.strategy == Strategy.DEEPSPEED:
+        if world > 1 and not torch.cuda.is_available():
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        elif d.backend != "auto":
+            handlers.append(InitProcessGroupKwargs(backend=d.backend))
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
+            hf_ds_config=build_deepspeed_config(spec, world_size=world)
+        )
+    elif d.strategy == Strategy.FSDP:
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "strategy fsdp needs GPUs; use ddp or deepspeed on CPU",
+                field="spec.distributed.strategy",
+            )
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            fsdp_version=2, state_dict_type="FULL_STATE_DICT", reshard_after_forward=True
+        )
+    else:
+        if not gpu:
+            kwargs["cpu"] = True
+        elif d.backend == "gloo":
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if not gpu and precision == "fp16":
+        raise ConfigError(
+            "fp16 mixed precision needs a GPU; use bf16 or fp32 on CPU",
+            field="spec.training.precision",
+        )
+    return Accelerator(kwargs_handlers=handlers, **kwargs)
+
+
+# --------------------------------------------------------------------------------------- loop
+
+
+class Trainer:
+    """One run of one spec in this process (rank); :meth:`run` returns the metrics."""
+
+    def __init__(
+        self, spec: FineTuneJobSpec, *, job_name: str, preemption: PreemptionFlag | None = None
+    ) -> None:
+        validate_spec(spec)
+        self.spec = spec
+        self.job_name = job_name
+        self.output = Path(spec.output.path)
+        self.preemption = preemption or PreemptionFlag()
+        self.deepspeed = spec.distributed.strategy == Strategy.DEEPSPEED
+        self.task = spec.model.task
+        self.metrics: TrainingMetrics | None = None
+
+    # ---------------------------------------------------------------------------- setup
+
+    def _setup(self) -> None:
+        from accelerate.utils import set_seed
+
+        spec, t = self.spec, self.spec.training
+        self.acc = make_accelerator(spec)
+        self.world = self.acc.num_processes
+        self.rank = self.acc.process_index
+        self.main = self.acc.is_main_process
+        if self.main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            self.metrics = TrainingMetrics(self.job_name)
+            port = self.metrics.serve()
+            if port:
+                log.info("serving Prometheus metrics on :%d/metrics", port)
+        self._report(phase="loading")
+        set_seed(t.seed)
+        self.data: PreparedData = prepare_data(spec.dataset, task=self.task.value, seed=t.seed)
+        if self.data.validation is None and not self.data.eval_sets:
+            raise ConfigError(
+                "no validation examples: give validation, validationSplit or evalSets",
+                field="spec.dataset",
+            )
+        self.label_names = self.data.label_names
+        num_labels = len(self.label_names) if self.task != Task.CAUSAL_LM else None
+        if num_labels is not None and spec.model.head.num_labels is not None:
+            if spec.model.head.num_labels < num_labels:
+                raise ConfigError(
+                    f"{spec.model.head.num_labels} classes declared but the data has "
+                    f"{num_labels} labels",
+                    field="spec.model.head.numLabels",
+                )
+            num_labels = spec.model.head.num_labels
+        self.num_labels = num_labels
+        self.bundle: ModelBundle = load_model(spec, num_labels=num_labels)
+        self.model: nn.Module = self.bundle.model
+        enable_checkpointing = getattr(self.model, "enable_gradient_checkpointing", None)
+        if t.gradient_checkpointing and callable(enable_checkpointing):
+            enable_checkpointing()
+
+        self.train_ds, self.collate = build_dataset(self.data.train, self.bundle, spec.dataset)
+        self.eval_ds: dict[str, tuple[Dataset[Any], Any]] = {}
+        if self.data.validation is not None:
+            self.eval_ds["validation"] = build_dataset(
+                self.data.validation, self.bundle, spec.dataset
+            )
+        for name, split in self.data.eval_sets.items():
+            self.eval_ds[name] = build_dataset(split, self.bundle, spec.dataset)
+
+        # Steps: micro-batches per process per epoch, grouped into optimizer steps.
+        bs, gas = t.per_device_batch_size, t.gradient_accumulation_steps
+        per_process = math.ceil(len(self.data.train) / self.world)
+        self.micro_per_epoch = math.ceil(per_process / bs)
+        if self.deepspeed and self.micro_per_epoch < gas:
+            raise ConfigError(
+                f"an epoch has {self.micro_per_epoch} micro-batches per process, fewer than "
+                f"gradientAccumulationSteps={gas}",
+                field="spec.training.gradientAccumulationSteps",
+            )
+        self.steps_per_epoch = max(1, self.micro_per_epoch // gas)
+        self.micro_used = min(self.micro_per_epoch, self.steps_per_epoch * gas)
+        self.total_steps = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
+        self.samples_per_step = bs * gas * self.world
+
+        # Checkpoint to resume from, read before the freeze stage is applied.
+        self.ckpt = CheckpointManager(
+            self.output / CHECKPOINT_DIR, keep=spec.output.keep_checkpoints
+        )
+        self.resume_from = self.ckpt.latest()
+        self.state = LoopState(label_names=list(self.label_names))
+        if self.resume_from is not None:
+            saved = read_trainer_state(self.resume_from)
+            if saved.get("label_names", []) != list(self.label_names):
+                raise ConfigError(
+                    f"the checkpoint {self.resume_from} was trained on labels "
+                    f"{saved.get('label_names')}, the data now has {list(self.label_names)}",
+                    field="spec.dataset",
+                )
+            known = set(LoopState.__dataclass_fields__)
+            self.state = LoopState(**{k: v for k, v in saved.items() if k in known})
+
+        self.policy = FreezePolicy.from_spec(
+            spec.freeze,
+            self.bundle.layout,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+        )
+        if self.state.freeze:
+            try:
+                self.policy.load_state_dict(self.state.freeze)
+            except ValueError as exc:
+                raise ConfigError(str(exc), field="spec.freeze") from exc
+            stage = self.policy.stage
+        else:
+            stage = self.policy.stage_at(epoch=self.state.epoch, step=self.state.step)
+        self.policy.apply(self.model, stage=stage)
+        self._set_train_mode()
+        self._log_parameters()
+
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        blocker = cache_blocker(
+            self.model,
+            self.bundle.layout,
+            trainable,
+            enabled=t.cache_frozen_features
+            and self.policy.num_stages == 1
+            and self.task != Task.CAUSAL_LM,
+            strategy=spec.distributed.strategy.value,
+        )
+        self.use_cache = blocker is None
+        if not self.use_cache and t.cache_frozen_features and self.main:
+            log.info("frozen-feature cache not used: %s", blocker)
+
+        # Optimizer, schedule, wrapper.
+        warm = warmup_steps(spec, self.total_steps)
+        schedule = lr_lambda(t.scheduler, warmup=warm, total=self.total_steps)
+        self.step_module = TrainStep(self.model)
+        if self.deepspeed:
+            from accelerate.utils import DummyOptim, DummyScheduler
+
+            groups = self.policy.param_groups(
+                self.model, lr=t.learning_rate, weight_decay=t.weight_decay, trainable_only=True
+            )
+            groups = [
+                {k: v for k, v in g.items() if k != "param_names"} for g in groups if g["params"]
+            ]
+            optimizer: Any = DummyOptim(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
+            scheduler: Any = DummyScheduler(
+                optimizer,
+                total_num_steps=self.total_steps,
+                warmup_num_steps=warm,
+                lr_scheduler_callable=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+            )
+            if t.precision == Precision.BF16:
+                self.step_module.input_dtype = torch.bfloat16
+            elif t.precision == Precision.FP16:
+                self.step_module.input_dtype = torch.float16
+        else:
+            groups = self.policy.param_groups(
+                self.model, lr=t.learning_rate, weight_decay=t.weight_decay
+            )
+            optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        prepare_started = time.perf_counter()
+        self.wrapped, self.optimizer, self.scheduler = self.acc.prepare(
+            self.step_module, optimizer, scheduler
+        )
+        if self.main:
+            log.info(
+                "%s ready in %.1fs",
+                type(self.wrapped).__name__,
+                time.perf_counter() - prepare_started,
+            )
+        if self.resume_from is not None:
+            self._report(phase="loading", latest_checkpoint=str(self.resume_from))
+            self.acc.load_state(str(self.resume_from))
+            if self.main:
+                log.info(
+                    "resumed from %s at step %d (epoch %d, batch %d)",
+                    self.resume_from,
+                    self.state.step,
+                    self.state.epoch,
+                    self.state.batches_done,
+                )
+
+        # Frozen-feature cache (after the weights are final).
+        self.train_source: tuple[Dataset[Any], Any] = (self.train_ds, self.collate)
+        self.eval_sources = dict(self.eval_ds)
+        self.cache_seconds = 0.0
+        if self.use_cache:
+            started = time.perf_counter()
+            self.train_source = (self._features(self.train_ds, self.collate), feature_collate)
+            self.eval_sources = {
+                k: (self._features(ds, c), feature_collate) for k, (ds, c) in self.eval_ds.items()
+            }
+            self.cache_seconds = time.perf_counter() - started
+            if self.main:
+                log.info(
+                    "cached frozen features of %d examples in %.1fs",
+                    len(self.data.train),
+                    self.cache_seconds,
+                )
+
+    def _features(self, ds: Dataset[Any], collate: Any) -> FeatureDataset:
+        return compute_features(
+            self.model,
+            ds,
+            collate,
+            batch_size=max(64, self.spec.training.per_device_batch_size),
+            num_replicas=self.world,
+            rank=self.rank,
+            device=self.acc.device,
+            autocast=self.acc.autocast,
+        )
+
+    def _set_train_mode(self) -> None:
+        self.policy.set_train_mode(self.model)
+        backbone = getattr(self.model, "backbone", None)
+        if isinstance(backbone, nn.Module) and not any(
+            p.requires_grad for p in backbone.parameters()
+        ):
+            # A wholly frozen backbone runs deterministically: no dropout, no BN updates. This
+            # is what makes its features cacheable, and the uncached path behaves the same.
+            backbone.eval()
+
+    def _log_parameters(self) -> None:
+        trainable, total = self.policy.counts(self.model)
+        self.trainable, self.total_params = trainable, total
+        if self.main:
+            log.info("\n%s", self.policy.summary_table(self.model))
+            if self.metrics:
+                self.metrics.on_parameters(
+                    trainable=trainable, total=total, stage=self.policy.stage
+                )
+
+    def _rewrap(self) -> None:
+        """DDP builds its gradient reducer for the parameters that require grad when it is
+        made; after a stage change it must be made again."""
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+            return
+        self.acc._models = [m for m in self.acc._models if m is not self.wrapped]
+        self.wrapped = self.acc.prepare_model(self.step_module)
+
+    # ------------------------------------------------------------------------- progress
+
+    def _report(self, *, phase: str, **fields: Any) -> None:
+        if not getattr(self, "main", False):
+            return
+        ev = (getattr(self, "state", None) and self.state.last_eval.get("validation")) or {}
+        report = ProgressReport(
+            phase=phase,
+            step=getattr(self, "state", LoopState()).step,
+            total_steps=getattr(self, "total_steps", None),
+            train_loss=getattr(self, "state", LoopState()).train_loss,
+            eval_loss=ev.get("loss"),
+            accuracy=ev.get("accuracy"),
+            precision=ev.get("precision"),
+            recall=ev.get("recall"),
+            f1=ev.get("f1"),
+            trainable_parameters=getattr(self, "trainable", None),
+            total_parameters=getattr(self, "total_params", None),
+            time=_now(),
+        )
+        for k, v in fields.items():
+            setattr(report, k, v)
+        best = read_best(self.output / CHECKPOINT_DIR)
+        if best:
+            report.best_checkpoint, report.best_metric = best["path"], best.get("metric")
+        publish(report)
+
+    # ----------------------------------------------------------------------------- steps
+
+    def _loader(
+        self, ds: Dataset[Any], collate: Any, sampler: ResumableDistributedSampler, bs: int
+    ) -> DataLoader[Any]:
+        g = torch.Generator()
+        g.manual_seed(self.spec.training.seed)
+        # An own generator: creating the iterator must not draw from the global RNG, or a
+        # resumed run's dropout would drift from an uninterrupted one's.
+        return DataLoader(
+            ds,
+            batch_size=bs,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.spec.training.num_workers,
+            generator=g,
+        )
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+        logits = self.wrapped(batch)
+        if self.task == Task.CAUSAL_LM:
+            return causal_lm_loss(logits, batch["labels"])
+        return nn.functional.cross_entropy(logits.float(), batch["labels"])
+
+    def _optimizer_step(self, micro: list[dict[str, torch.Tensor]]) -> float:
+        t = self.spec.training
+        total = 0.0
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            if self.deepspeed:
+                # DeepSpeed scales by 1/gas, syncs at its boundary and steps inside backward.
+                loss = self._loss(batch)
+                self.acc.backward(loss)
+            else:
+                ctx: AbstractContextManager[Any] = (
+                    nullcontext() if last else self.acc.no_sync(self.wrapped)
+                )
+                with ctx:
+                    loss = self._loss(batch)
+                    self.acc.backward(loss / len(micro))
+            total += float(loss.detach())
+        if not self.deepspeed:
+            if t.max_grad_norm is not None:
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                self.acc.clip_grad_norm_(params, t.max_grad_norm)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / len(micro)
+
+    def _evaluate(self) -> dict[str, Any]:
+        self._report(phase="evaluating")
+        self.wrapped.eval()
+        bs = max(self.spec.training.per_device_batch_size, 32)
+        results: dict[str, Any] = {}
+        for name, (ds, collate) in self.eval_sources.items():
+            sampler = ResumableDistributedSampler(
+                len(ds),  # type: ignore[arg-type]
+                num_replicas=self.world,
+                rank=self.rank,  # type: ignore[arg-type]
+                seed=0,
+                shuffle=False,
+            )
+            loader = self._loader(ds, collate, sampler, bs)
+            if self.task == Task.CAUSAL_LM:
+                results[name] = self._evaluate_lm(loader)
+            else:
+                results[name] = evaluate(
+                    self._eval_forward,
+                    loader,
+                    device=self.acc.device,
+                    label_names=self.label_names,
+                    per_class=False,
+                )
+            if self.metrics:
+                self.metrics.on_eval(name, results[name])
+        self.wrapped.train()
+        self._set_train_mode()
+        return results
+
+    def _eval_forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.deepspeed:
+            out: torch.Tensor = self.wrapped(batch)
+            return out
+        with self.acc.autocast():
+            return self.step_module(batch)  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def _evaluate_lm(self, loader: DataLoader[Any]) -> dict[str, Any]:
+        loss_sum = torch.zeros(2, dtype=torch.float64)
+        for batch in loader:
+            batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+            logits = self._eval_forward(batch).float()
+            labels = batch["labels"][:, 1:]
+            mask = labels != IGNORE_INDEX
+            ce = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            loss_sum += torch.tensor([float(ce), float(mask.sum())], dtype=torch.float64)
+        total = gather_all(loss_sum.unsqueeze(0)).sum(0)
+        loss = float(total[0]) / max(float(total[1]), 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(total[1])}
+
+    def _main_metric(self, results: dict[str, Any]) -> dict[str, Any]:
+        if "validation" in results:
+            return dict(results["validation"])
+        return dict(next(iter(results.values())))
+
+    def _after_eval(self, results: dict[str, Any]) -> bool:
+        """Record an evaluation; returns whether it is the best so far."""
+        t = self.spec.training
+        self.state.last_eval = results
+        main = self._main_metric(results)
+        metric_name = t.metric_for_best if t.metric_for_best in main else "loss"
+        value = float(main[metric_name])
+        best = is_improvement(metric_name, value, self.state.best_metric)
+        if best:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+        if t.early_stopping is not None:
+            es = t.early_stopping
+            es_name = es.metric if es.metric in main else "loss"
+            if is_improvement(
+                es_name, float(main[es_name]), self.state.early_stopping_best, es.min_delta
+            ):
+                self.state.early_stopping_best = float(main[es_name])
+                self.state.bad_evals = 0
+            else:
+                self.state.bad_evals += 1
+                if self.state.bad_evals >= es.patience:
+                    self.state.stopped_early = True
+        if self.main:
+            log.info("step %d eval: %s", self.state.step, _brief(results))
+        self._report(
+            phase="training",
+            eval_sets={
+                k: {m: float(v) for m, v in r.items() if isinstance(v, (int, float))}
+                for k, r in results.items()
+            },
+        )
+        return best
+
+    def _save(self, *, is_best: bool = False) -> Path:
+        self._report(phase="saving")
+        self.state.freeze = self.policy.state_dict()
+        path = self.ckpt.save(
+            self.acc,
+            step=self.state.step,
+            trainer_state=asdict(self.state),
+            metric=self.state.best_metric,
+            is_best=is_best,
+        )
+        self.last_saved_step = self.state.step
+        if self.metrics:
+            self.metrics.on_checkpoint()
+        self._report(
+            phase="training", latest_checkpoint=str(path), latest_checkpoint_step=self.state.step
+        )
+        return path
+
+    # ------------------------------------------------------------------------------ run
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end (or early stop) and export; raises Preempted after a SIGTERM save."""
+        started = time.time()
+        self._setup()
+        t = self.spec.training
+        bs, gas = t.per_device_batch_size, t.gradient_accumulation_steps
+        ds, collate = self.train_source
+        sampler = ResumableDistributedSampler(
+            len(ds),  # type: ignore[arg-type]
+            num_replicas=self.world,
+            rank=self.rank,  # type: ignore[arg-type]
+            seed=t.seed,
+            shuffle=True,
+        )
+        self.last_saved_step = self.state.step if self.resume_from is not None else -1
+        last_eval_step = (
+            self.state.step if self.state.last_eval and self.resume_from is not None else -1
+        )
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        throughput: float | None = None
+        train_started = time.perf_counter()
+        steps_this_run = 0
+        self.wrapped.train()
+        self._set_train_mode()
+        self._report(phase="training")
+
+        while self.state.step < self.total_steps and not self.state.stopped_early:
+            sampler.set_epoch(self.state.epoch)
+            sampler.skip(self.state.batches_done * bs)
+            batches: Iterator[dict[str, torch.Tensor]] = iter(
+                self._loader(ds, collate, sampler, bs)
+            )
+            epoch_end = False
+            while not epoch_end and self.state.step < self.total_steps:
+                stage = self.policy.stage_at(epoch=self.state.epoch, step=self.state.step)
+                if stage != self.policy.stage:
+                    self.policy.apply(self.model, stage=stage)
+                    self._rewrap()
+                    self._set_train_mode()
+                    self._log_parameters()
+                n_micro = min(gas, self.micro_used - self.state.batches_done)
+                micro = [next(batches) for _ in range(n_micro)]
+                loss = self._optimizer_step(micro)
+                self.state.step += 1
+                steps_this_run += 1
+                self.state.batches_done += n_micro
+                window_loss += loss
+                window_steps += 1
+                if self.state.batches_done >= self.micro_used:
+                    self.state.epoch += 1
+                    self.state.batches_done = 0
+                    epoch_end = True
+
+                if self.state.step % t.log_every_steps == 0 or self.state.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    throughput = window_steps * self.samples_per_step / max(elapsed, 1e-9)
+                    mean_loss = float(gather_all(torch.tensor([window_loss / window_steps])).mean())
+                    self.state.train_loss = mean_loss
+                    self._log_step(
+                        mean_loss, throughput, window_steps, train_started, steps_this_run
+                    )
+                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+
+                if self.preemption.agreed():
+                    self._save()
+                    raise Preempted(f"preempted at step {self.state.step}; checkpoint saved")
+
+                do_eval = (
+                    t.eval_every_steps is not None and self.state.step % t.eval_every_steps == 0
+                ) or (t.eval_every_steps is None and epoch_end)
+                is_best = False
+                if do_eval:
+                    is_best = self._after_eval(self._evaluate())
+                    last_eval_step = self.state.step
+                do_ckpt = (
+                    t.checkpoint_every_steps is not None
+                    and self.state.step % t.checkpoint_every_steps == 0
+                ) or (t.checkpoint_every_steps is None and epoch_end)
+                if do_ckpt or is_best:  # the best evaluation is always a checkpoint
+                    self._save(is_best=is_best)
+                if self.state.stopped_early:
+                    if self.main:
+                        log.info("early stopping at step %d", self.state.step)
+                    break
+
+        if last_eval_step != self.state.step:
+            is_best = self._after_eval(self._evaluate())
+            if is_best:
+                self._save(is_best=True)
+        if self.last_saved_step != self.state.step:
+            self._save()
+        loop_seconds = time.perf_counter() - train_started
+        self.train_seconds = self.cache_seconds + loop_seconds
+        self.samples_per_second = steps_this_run * self.samples_per_step / max(loop_seconds, 1e-9)
+        return self._finish(started)
+
+    def _log_step(
+        self, loss: float, throughput: float, window: int, train_started: float, steps_run: int
+    ) -> None:
+        if not self.main:
+            return
+        lr = (
+            float(self.scheduler.get_last_lr()[0])
+            if hasattr(self.scheduler, "get_last_lr")
+            else 0.0
+        )
+        per_step = (time.perf_counter() - train_started) / max(steps_run, 1)
+        eta = int(per_step * (self.total_steps - self.state.step))
+        epoch = self.state.epoch + self.state.batches_done / max(self.micro_used, 1)
+        log.info(
+            "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s",
+            self.state.step,
+            self.total_steps,
+            epoch,
+            loss,
+            lr,
+            throughput,
+        )
+        if self.metrics:
+            self.metrics.on_step(
+                step=self.state.step,
+                total=self.total_steps,
+                epoch=epoch,
+                samples=window * self.samples_per_step,
+                loss=loss,
+                lr=lr,
+                samples_per_second=throughput,
+            )
+            # on_step counts one step; add the rest of the window
+            if window > 1:
+                self.metrics.steps.labels(self.job_name).inc(window - 1)
+        self._report(
+            phase="training",
+            epoch=round(epoch, 4),
+            samples_per_second=round(throughput, 2),
+            eta_seconds=eta,
+        )
+
+    def _finish(self, started: float) -> dict[str, Any]:
+        results = self.state.last_eval
+        state_dict = None
+        if self.deepspeed:
+            full = self.acc.get_state_dict(self.wrapped)  # collective under ZeRO-3; rank 0 gets it
+            if full is not None:
+                state_dict = {k.removeprefix("model."): v for k, v in full.items()}
+        self.acc.wait_for_everyone()
+        summary: dict[str, Any] = {}
+        if self.main:
+            self._report(phase="saving")
+            model_dir = self.output / MODEL_DIR
+            if self.spec.output.save_final_model:
+                model = self.acc.unwrap_model(self.wrapped).model
+                ds = self.spec.distributed.deepspeed
+                if state_dict is not None and ds is not None and ds.zero_stage == 3:
+                    # ZeRO-3 partitioned the module's parameters in place (empty tensors
+                    # here): export into a fresh, unpartitioned copy of the architecture.
+                    model = load_model(self.spec, num_labels=self.num_labels).model
+                self.bundle.export(
+                    model, model_dir, labels=self.label_names or None, state_dict=state_dict
+                )
+                (model_dir / LABELS_FILE).write_text(json.dumps(self.label_names, indent=2) + "\n")
+            main = self._main_metric(results) if results else {}
+            best = read_best(self.output / CHECKPOINT_DIR)
+            summary = {
+                "job": self.job_name,
+                "step": self.state.step,
+                "total_steps": self.total_steps,
+                "epochs_done": self.state.epoch,
+                "stopped_early": self.state.stopped_early,
+                "train_loss": self.state.train_loss,
+                "eval": results,
+                **{
+                    k: main.get(k)
+                    for k in ("loss", "accuracy", "precision", "recall", "f1")
+                    if k in main
+                },
+                "num_labels": len(self.label_names),
+                "chance_accuracy": self._chance(),
+                "label_names": self.label_names,
+                "train_examples": len(self.data.train),
+                "processes": self.world,
+                "strategy": self.spec.distributed.strategy.value,
+                "feature_cache": self.use_cache,
+                "trainable_parameters": self.trainable,
+                "total_parameters": self.total_params,
+                "best_checkpoint": best["path"] if best else None,
+                "best_metric": best.get("metric") if best else None,
+                "metric_for_best": self.spec.training.metric_for_best,
+                "wall_seconds": round(time.time() - started, 2),
+                "train_seconds": round(self.train_seconds, 2),
+                "samples_per_second": round(self.samples_per_second, 2),
+                "model_dir": str(self.output / MODEL_DIR)
+                if self.spec.output.save_final_model
+                else None,
+            }
+            write_atomically(
+                self.output / METRICS_FILE, json.dumps(summary, indent=2, default=str) + "\n"
+            )
+            self._report(phase="done")
+        self.acc.wait_for_everyone()
+        return summary
+
+    def _chance(self) -> float | None:
+        """Accuracy of always predicting the most frequent validation class (the bar to beat)."""
+        split = self.data.validation or next(iter(self.data.eval_sets.values()), None)
+        if split is None or not split.labels or self.task == Task.CAUSAL_LM:
+            return None
+        counts: dict[int, int] = {}
+        for y in split.labels:
+            counts[y] = counts.get(y, 0) + 1
+        return max(counts.values()) / len(split.labels)
+
+
+def _brief(results: dict[str, Any]) -> str:
+    parts = []
+    for name, m in results.items():
+        parts.append(
+            name
+            + " "
+            + " ".join(
+                f"{k}={v:.4f}"
+                for k, v in m.items()
+                if k in ("loss", "accuracy", "f1", "perplexity")
+            )
+        )
+    return "; ".join(parts)
+
+
+__all__ = ["LoopState", "Preempted", "TrainStep", "Trainer", "classification_metrics", "lr_lambda"]

@@ -1,0 +1,52 @@
+"""Preemption: turning SIGTERM into "checkpoint at the next step boundary, then exit 75".
+
+Kubernetes sends SIGTERM before it kills a pod (node drain, spot reclaim, a gang restart);
+torchrun forwards it to every trainer process. The handler only sets a flag: saving inside a
+signal handler would race with the step in flight and with the other ranks. The loop polls
+:meth:`PreemptionFlag.agreed` once per optimizer step, which all-reduces the flag, so every rank
+stops at the same step (a rank that got the signal a moment later still joins the same
+collective checkpoint) and exits with ``ExitCode.PREEMPTED``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (or SIGINT); read collectively by the loop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+
+    def install(
+        self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Install the handler for ``signals`` (main thread only)."""
+        for sig in signals:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        log.warning(
+            "%s received: will checkpoint at the next step boundary and exit", self.signal_name
+        )
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (collective when distributed)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.requested
+        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
