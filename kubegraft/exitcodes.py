@@ -44,3 +44,18 @@ def describe(code: int) -> str:
     if code == 143:
         return "Terminated"
     return "WorkerFailed"
+
+
+def node_exit_code(launcher_code: int, worker_codes: list[int]) -> int:
+    """The one exit code of a node, from torchrun's code and its workers' own codes.
+
+    torchrun reports any failed worker as 1, which would hide a configuration error (permanent)
+    or a preemption behind a generic failure; each worker records its own code, and the most
+    telling one wins: configuration error, then preemption, then plain failure.
+    """
+    if launcher_code == 0:
+        return int(ExitCode.SUCCESS)
+    for code in (ExitCode.CONFIG_ERROR, ExitCode.PREEMPTED, ExitCode.FAILURE):
+        if code in worker_codes:
+            return int(code)
+    return launcher_code if launcher_code > 0 else int(ExitCode.FAILURE)

@@ -2,7 +2,8 @@
 
 Both the operator (the worker pod's command and env) and ``kubegraft run`` (local processes)
 call :func:`build_launch`, so a job starts the same way on a laptop and on a cluster. The
-command is ``torchrun``'s module form, which starts ``procsPerNode`` trainer processes on this
+command is the node supervisor (``kubegraft_trainer.node``, which turns torchrun's exit into
+the trainer's own exit code) around ``torchrun``'s module form, which starts ``procsPerNode`` trainer processes on this
 node and rendezvous with the other nodes at rank 0's address; Accelerate, inside the trainer,
 reads the torchrun environment (and builds the DeepSpeed/FSDP plugin from the spec), so there
 is no ``accelerate launch`` config file to keep in sync.
@@ -16,6 +17,8 @@ from kubegraft.api.v1alpha1 import FineTuneJobSpec
 from kubegraft.constants import ENV_JOB_CONFIG
 
 TRAINER_MODULE = "kubegraft_trainer"
+# The node supervisor around torchrun: exits with the workers' own code (torchrun says only 1).
+NODE_MODULE = "kubegraft_trainer.node"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ def build_launch(
     if not 0 <= node_rank < d.nodes:
         raise ValueError(f"node_rank {node_rank} is outside 0..{d.nodes - 1}")
     argv = [
+        python,
+        "-m",
+        NODE_MODULE,
+        f"--status-dir={spec.output.path.rstrip('/')}/status",
+        "--",
         python,
         "-m",
         "torch.distributed.run",

@@ -24,7 +24,8 @@ def _spec(**distributed: object) -> FineTuneJobSpec:
 def test_torchrun_argv_for_node_rank() -> None:
     launch = build_launch(_spec(), node_rank=1, master_addr="job-worker-0.job", config_path="/etc/kubegraft/job.yaml")
     argv = launch.argv
-    assert argv[1:3] == ["-m", "torch.distributed.run"]
+    assert argv[1:5] == ["-m", "kubegraft_trainer.node", "--status-dir=/output/status", "--"]
+    assert argv[5:8] == [argv[0], "-m", "torch.distributed.run"]
     assert "--nnodes=2" in argv
     assert "--nproc-per-node=8" in argv
     assert "--node-rank=1" in argv
