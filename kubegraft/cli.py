@@ -26,7 +26,9 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kubegraft", description="Fine-tune pretrained models on Kubernetes or locally.")
+    parser = argparse.ArgumentParser(
+        prog="kubegraft", description="Fine-tune pretrained models on Kubernetes or locally."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"kubegraft.commands.{name}")

@@ -15,6 +15,7 @@ This module is in the light core: no torch, no kubernetes client (plain HTTPS wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -79,13 +80,18 @@ def _patch_configmap(ref: str, body: str, api: str | None = None, token: str | N
         os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
     )
     token = token or (SA_DIR / "token").read_text().strip()
-    ctx = ssl.create_default_context(cafile=os.environ.get("KUBEGRAFT_CA_FILE", str(SA_DIR / "ca.crt")))
+    ctx = ssl.create_default_context(
+        cafile=os.environ.get("KUBEGRAFT_CA_FILE", str(SA_DIR / "ca.crt"))
+    )
     patch = json.dumps({"data": {CONFIGMAP_KEY: body}}).encode()
     req = urllib.request.Request(
         f"{host}/api/v1/namespaces/{namespace}/configmaps/{name}",
         data=patch,
         method="PATCH",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"},
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/merge-patch+json",
+        },
     )
     with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
         resp.read()
@@ -95,12 +101,14 @@ def publish(report: ProgressReport) -> None:
     """Send a report to every sink the environment names; never raises (progress is advisory)."""
     body = report.to_json()
     if path := os.environ.get(ENV_PROGRESS_FILE):
-        try:
+        with contextlib.suppress(OSError):
             write_atomically(Path(path), body)
-        except OSError:
-            pass
     if ref := os.environ.get(ENV_PROGRESS_CONFIGMAP):
-        try:
-            _patch_configmap(ref, body, api=os.environ.get("KUBEGRAFT_API_SERVER"), token=os.environ.get("KUBEGRAFT_API_TOKEN"))
-        except Exception:  # noqa: BLE001 - a failed report must never stop training
-            pass
+        # A failed report must never stop training: the next one carries the same facts.
+        with contextlib.suppress(Exception):
+            _patch_configmap(
+                ref,
+                body,
+                api=os.environ.get("KUBEGRAFT_API_SERVER"),
+                token=os.environ.get("KUBEGRAFT_API_TOKEN"),
+            )

@@ -77,7 +77,9 @@ async def reconcile(
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def job_changed(*, body: kopf.Body, type: str, namespace: str | None, name: str, **_: Any) -> None:
+async def job_changed(
+    *, body: kopf.Body, type: str, namespace: str | None, name: str, **_: Any
+) -> None:
     """Wake the daemon when the spec moved past what the status has seen (suspend, ...)."""
     generation = body.meta.get("generation")
     observed = (body.get("status") or {}).get("observedGeneration")
@@ -88,7 +90,7 @@ def job_changed(*, body: kopf.Body, type: str, namespace: str | None, name: str,
 @kopf.on.event(
     "", "v1", "pods", labels={LABEL_JOB_NAME: kopf.PRESENT, LABEL_COMPONENT: COMPONENT_WORKER}
 )
-def pod_event(*, body: kopf.Body, type: str, **_: Any) -> None:
+async def pod_event(*, body: kopf.Body, type: str, **_: Any) -> None:
     """Cache the worker pod and wake its job."""
     key = STORE.put_pod(dict(body), deleted=type == "DELETED")
     if key is not None:
@@ -101,7 +103,7 @@ def pod_event(*, body: kopf.Body, type: str, **_: Any) -> None:
     "configmaps",
     labels={LABEL_JOB_NAME: kopf.PRESENT, LABEL_COMPONENT: COMPONENT_PROGRESS},
 )
-def progress_event(*, body: kopf.Body, type: str, **_: Any) -> None:
+async def progress_event(*, body: kopf.Body, type: str, **_: Any) -> None:
     """Cache rank 0's progress report and wake its job."""
     key = STORE.put_progress(dict(body), deleted=type == "DELETED")
     if key is not None:
@@ -109,7 +111,7 @@ def progress_event(*, body: kopf.Body, type: str, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(*, body: kopf.Body, type: str, **_: Any) -> None:
+async def node_event(*, body: kopf.Body, type: str, **_: Any) -> None:
     """Track NotReady nodes; wake the jobs with pods on a node whose readiness changed."""
     for key in STORE.put_node(dict(body), deleted=type == "DELETED"):
         STORE.wake(key)

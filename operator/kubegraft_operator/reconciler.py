@@ -21,6 +21,7 @@ import copy
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +32,7 @@ from pydantic import ValidationError
 
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
 from kubegraft_operator import conditions as cond
-from kubegraft_operator import metrics
+from kubegraft_operator import metrics, settings
 from kubegraft_operator.apply import Api, merge_patch
 from kubegraft_operator.decide import Decision, Event, decide
 from kubegraft_operator.observe import Observation, format_time
@@ -99,6 +100,12 @@ class Reconciler:
     def __init__(self, api: Api, store: Store) -> None:
         self.api = api
         self.store = store
+        # Our own pool for the blocking API calls of reconciles: asyncio's default executor
+        # has min(32, cpus + 4) threads (6 on 2 cores), which capped parallel reconciles and
+        # left new jobs waiting seconds for a thread at scale (bench/operator_scale.py).
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.reconcile_threads(), thread_name_prefix="reconcile"
+        )
 
     # -------------------------------------------------------------- sync part
     def seed(self, key: Key) -> tuple[list[Obj], Obj | None]:
@@ -213,7 +220,9 @@ class Reconciler:
                 delay: float | None
                 try:
                     if not seeded:
-                        pods, progress = await asyncio.to_thread(self.seed, key)
+                        pods, progress = await asyncio.get_running_loop().run_in_executor(
+                            self.executor, self.seed, key
+                        )
                         self.store.replace_pods(key, pods)
                         if progress is not None:
                             self.store.put_progress(progress)
@@ -225,7 +234,9 @@ class Reconciler:
                         return
                     observed = self.store.observation(key)
                     now = datetime.now(UTC)
-                    outcome = await asyncio.to_thread(self.reconcile_once, raw, observed, now)
+                    outcome = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self.reconcile_once, raw, observed, now
+                    )
                     if outcome.written is not None:
                         last_written = outcome.written
                     for pod in outcome.pods:

@@ -26,6 +26,8 @@ from kubegraft.api.v1alpha1 import GROUP
 ENV_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
 ENV_LIFETIME = "KUBEGRAFT_PEERING_LIFETIME"
 ENV_WORKERS = "KUBEGRAFT_OPERATOR_WORKERS"
+ENV_RECONCILE_THREADS = "KUBEGRAFT_OPERATOR_RECONCILE_THREADS"
+"""Threads for the reconciles' blocking API calls (default 32, the API client's pool size)."""
 ENV_OBJECT_LOG_LEVEL = "KUBEGRAFT_OPERATOR_OBJECT_LOG_LEVEL"
 """Level of kopf's per-object log (default WARNING: at INFO it logs every watch event's
 handler, thousands of lines a minute at scale; our state transitions are Events anyway)."""
@@ -36,6 +38,11 @@ def peering_priority() -> int:
     """This replica's priority: from the environment, else random (ties would pause all)."""
     value = os.environ.get(ENV_PRIORITY)
     return int(value) if value else random.SystemRandom().randint(1, 2**31 - 1)
+
+
+def reconcile_threads() -> int:
+    """How many reconciles may wait on the API server at once."""
+    return max(1, int(os.environ.get(ENV_RECONCILE_THREADS, "32")))
 
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

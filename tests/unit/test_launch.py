@@ -22,7 +22,9 @@ def _spec(**distributed: object) -> FineTuneJobSpec:
 
 
 def test_torchrun_argv_for_node_rank() -> None:
-    launch = build_launch(_spec(), node_rank=1, master_addr="job-worker-0.job", config_path="/etc/kubegraft/job.yaml")
+    launch = build_launch(
+        _spec(), node_rank=1, master_addr="job-worker-0.job", config_path="/etc/kubegraft/job.yaml"
+    )
     argv = launch.argv
     assert argv[1:5] == ["-m", "kubegraft_trainer.node", "--status-dir=/output/status", "--"]
     assert argv[5:8] == [argv[0], "-m", "torch.distributed.run"]
@@ -35,7 +37,9 @@ def test_torchrun_argv_for_node_rank() -> None:
 
 
 def test_env_carries_the_rendezvous() -> None:
-    env = build_launch(_spec(masterPort=23456), node_rank=0, master_addr="127.0.0.1", config_path="c.yaml").env
+    env = build_launch(
+        _spec(masterPort=23456), node_rank=0, master_addr="127.0.0.1", config_path="c.yaml"
+    ).env
     assert env["WORLD_SIZE"] == "16"
     assert env["NODE_RANK"] == "0"
     assert env["MASTER_PORT"] == "23456"
@@ -44,7 +48,9 @@ def test_env_carries_the_rendezvous() -> None:
 
 
 def test_deepspeed_disables_op_builds() -> None:
-    env = build_launch(_spec(strategy="deepspeed"), node_rank=0, master_addr="a", config_path="c").env
+    env = build_launch(
+        _spec(strategy="deepspeed"), node_rank=0, master_addr="a", config_path="c"
+    ).env
     assert env["DS_BUILD_OPS"] == "0"
 
 

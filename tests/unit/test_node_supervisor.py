@@ -30,13 +30,15 @@ def test_node_exit_code(launcher: int, workers: list[int], expected: int) -> Non
     assert node_exit_code(launcher, workers) == expected
 
 
-def _run_node(status_dir: Path, worker_code: int, launcher_code: int) -> subprocess.CompletedProcess[str]:
+def _run_node(
+    status_dir: Path, worker_code: int, launcher_code: int
+) -> subprocess.CompletedProcess[str]:
     # A stand-in for torchrun: one "worker" records its code, then the launcher exits as
     # torchrun does (1 for any failed worker). The supervisor under test is the real module.
+    record = {"rank": 0, "exitCode": worker_code, "message": "bad field"}
     script = (
-        "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True);"
-        f"(d / 'rank-0.json').write_text(json.dumps({{'rank': 0, 'exitCode': {worker_code}, 'message': 'bad field'}}));"
-        f"sys.exit({launcher_code})"
+        "import pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True);"
+        f"(d / 'rank-0.json').write_text({json.dumps(record)!r}); sys.exit({launcher_code})"
     )
     return subprocess.run(
         [sys.executable, "-m", "kubegraft_trainer.node", f"--status-dir={status_dir}", "--",

@@ -12,7 +12,9 @@ from kubegraft.progress import ENV_PROGRESS_CONFIGMAP, ENV_PROGRESS_FILE, Progre
 pytestmark = pytest.mark.unit
 
 
-def test_report_written_to_file_as_camel_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_written_to_file_as_camel_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "sub" / "progress.json"
     monkeypatch.setenv(ENV_PROGRESS_FILE, str(target))
     publish(ProgressReport(step=7, total_steps=10, train_loss=0.5))

@@ -49,7 +49,9 @@ def read_worker_records(status_dir: Path, since: float) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kubegraft_trainer.node", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kubegraft_trainer.node", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--status-dir", required=True, help="where the workers write rank-N.json")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the torchrun command")
     args = parser.parse_args(argv)
