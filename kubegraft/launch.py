@@ -5,8 +5,8 @@ call :func:`build_launch`, so a job starts the same way on a laptop and on a clu
 command is the node supervisor (``kubegraft_trainer.node``, which turns torchrun's exit into
 the trainer's own exit code) around ``torchrun``'s module form, which starts ``procsPerNode``
 trainer processes on this node and rendezvous with the other nodes at rank 0's address;
-Accelerate, inside the trainer, reads the torchrun environment (and builds the DeepSpeed/FSDP plugin from the spec), so there
-is no ``accelerate launch`` config file to keep in sync.
+Accelerate, inside the trainer, reads the torchrun environment (and builds the DeepSpeed/FSDP
+plugin from the spec), so there is no ``accelerate launch`` config file to keep in sync.
 """
 
 from __future__ import annotations
