@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import re
 import secrets
 import shutil
@@ -378,44 +377,6 @@ def _idle(frame: str) -> bool:
     )
 
 
-# ----------------------------------------------------------------------------- what-if
-EXECUTOR_SHIM = """\
-# Written by bench/operator_scale.py --reconcile-threads: a what-if, not part of the operator.
-# The operator runs each reconcile with asyncio.to_thread, i.e. in the event loop's default
-# executor, which Python sizes min(32, cpus + 4): 6 threads on 2 cores. This gives the loop a
-# bigger default executor so the effect of more concurrent reconciles can be measured.
-import asyncio.base_events
-import concurrent.futures
-import os
-
-_THREADS = int(os.environ["KUBEGRAFT_BENCH_RECONCILE_THREADS"])
-_original = asyncio.base_events.BaseEventLoop.run_in_executor
-
-
-def _run_in_executor(self, executor, func, *args):
-    if executor is None and self._default_executor is None:
-        self.set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="asyncio")
-        )
-    return _original(self, executor, func, *args)
-
-
-asyncio.base_events.BaseEventLoop.run_in_executor = _run_in_executor
-"""
-
-
-def reconcile_threads_env(threads: int, work_dir: Path) -> dict[str, str]:
-    """Operator environment for the ``--reconcile-threads`` what-if (a sitecustomize shim)."""
-    shim = work_dir / "shim"
-    shim.mkdir(parents=True, exist_ok=True)
-    (shim / "sitecustomize.py").write_text(EXECUTOR_SHIM)
-    paths = [str(shim), str(ROOT / "operator"), str(ROOT), os.environ.get("PYTHONPATH", "")]
-    return {
-        "KUBEGRAFT_BENCH_RECONCILE_THREADS": str(threads),
-        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
-    }
-
-
 # ----------------------------------------------------------------------------- one round
 def job_manifest(name: str) -> dict[str, Any]:
     """A 4-node job whose pods kwok keeps Running; no GPUs, so capacity is counted in pods."""
@@ -662,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="N",
-        help="what-if: run the operator with an N-thread default executor (see EXECUTOR_SHIM)",
+        help="the operator's reconcile thread pool (KUBEGRAFT_OPERATOR_RECONCILE_THREADS)",
     )
     parser.add_argument(
         "--operator-env",
@@ -681,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         work_dir = Path(work)
         if args.reconcile_threads:
-            operator_env.update(reconcile_threads_env(args.reconcile_threads, work_dir))
+            operator_env["KUBEGRAFT_OPERATOR_RECONCILE_THREADS"] = str(args.reconcile_threads)
         for path in sorted((ROOT / "manifests" / "crd").glob("*.yaml")):
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
         cluster.kubectl(
