@@ -62,11 +62,11 @@ for _p in (ROOT, ROOT / "operator"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from kubegraft_operator.testing import OperatorProcess, operator_kubeconfig  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 
 from kubegraft.devcluster import cluster as devcluster  # noqa: E402
 from kubegraft.devcluster.manifests import OUTCOME_LABEL  # noqa: E402
+from kubegraft_operator.testing import OperatorProcess, operator_kubeconfig  # noqa: E402
 
 NODES_PER_JOB = 4
 PODS_PER_FAKE_NODE = 110

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from kubegraft_operator.testing import repo_root
 
 from kubegraft.devcluster.cluster import Cluster
+from kubegraft_operator.testing import repo_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -27,6 +27,12 @@ from typing import Any
 
 import pytest
 import yaml
+from local_kubelet import LocalKubelet, ca_file_from_kubeconfig, free_port
+
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft.devcluster.manifests import OUTCOME_LABEL
+from kubegraft.exitcodes import describe
+from kubegraft.progress import _patch_configmap
 from kubegraft_operator.testing import (
     Kube,
     OperatorProcess,
@@ -35,12 +41,6 @@ from kubegraft_operator.testing import (
     wait_for,
 )
 from kubegraft_trainer.checkpointing import latest_checkpoint, list_checkpoints
-from local_kubelet import LocalKubelet, ca_file_from_kubeconfig, free_port
-
-from kubegraft.devcluster.cluster import Cluster
-from kubegraft.devcluster.manifests import OUTCOME_LABEL
-from kubegraft.exitcodes import describe
-from kubegraft.progress import _patch_configmap
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

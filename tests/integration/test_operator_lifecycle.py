@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft.devcluster.manifests import OUTCOME_LABEL
 from kubegraft_operator.testing import (
     Kube,
     OperatorProcess,
@@ -22,9 +25,6 @@ from kubegraft_operator.testing import (
     operator_kubeconfig,
     wait_for,
 )
-
-from kubegraft.devcluster.cluster import Cluster
-from kubegraft.devcluster.manifests import OUTCOME_LABEL
 
 pytestmark = pytest.mark.integration
 WAIT = 120

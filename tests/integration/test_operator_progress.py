@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft.progress import ProgressReport, _patch_configmap
 from kubegraft_operator.testing import (
     Kube,
     OperatorProcess,
@@ -22,9 +25,6 @@ from kubegraft_operator.testing import (
     operator_kubeconfig,
     wait_for,
 )
-
-from kubegraft.devcluster.cluster import Cluster
-from kubegraft.progress import ProgressReport, _patch_configmap
 
 pytestmark = pytest.mark.integration
 WAIT = 120

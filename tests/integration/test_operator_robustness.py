@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from kubegraft.devcluster import procs
+from kubegraft.devcluster.cluster import Cluster
 from kubegraft_operator.apply import ENV_FAULT_EXIT_AFTER_CREATES
 from kubegraft_operator.testing import (
     Kube,
@@ -27,9 +30,6 @@ from kubegraft_operator.testing import (
     repo_root,
     wait_for,
 )
-
-from kubegraft.devcluster import procs
-from kubegraft.devcluster.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 WAIT = 120

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_helpers import KAOMOJI, MINILM, write_digits
+
+from kubegraft.api.v1alpha1 import DatasetSpec
 from kubegraft_trainer.data import (
     ImageDataset,
     ResumableDistributedSampler,
@@ -24,9 +27,6 @@ from kubegraft_trainer.data import (
 )
 from kubegraft_trainer.errors import ConfigError
 from kubegraft_trainer.uris import resolve_uri
-from trainer_helpers import KAOMOJI, MINILM, write_digits
-
-from kubegraft.api.v1alpha1 import DatasetSpec
 
 pytestmark = pytest.mark.trainer
 

@@ -8,6 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from kubegraft.api.v1alpha1 import SchedulerKind
 from kubegraft_trainer.checkpointing import (
     COMPLETE_MARKER,
     TRAINER_STATE,
@@ -19,9 +22,6 @@ from kubegraft_trainer.checkpointing import (
 )
 from kubegraft_trainer.evaluation import classification_metrics, is_improvement
 from kubegraft_trainer.loop import lr_lambda
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
-
-from kubegraft.api.v1alpha1 import SchedulerKind
 
 pytestmark = pytest.mark.trainer
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import torch
-from kubegraft_trainer.architectures import SimpleCNN
-from kubegraft_trainer.freeze import FreezePolicy
-from kubegraft_trainer.pretrained import ModelBundle, inject_lora, load_model
 from torch import nn
 
 from kubegraft.api.v1alpha1 import FineTuneJobSpec, FreezeSpec
+from kubegraft_trainer.architectures import SimpleCNN
+from kubegraft_trainer.freeze import FreezePolicy
+from kubegraft_trainer.pretrained import ModelBundle, inject_lora, load_model
 
 pytestmark = pytest.mark.trainer
 

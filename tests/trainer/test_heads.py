@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kubegraft_trainer.architectures import ARCHITECTURES, SimpleCNN, VGGFeatures
-from kubegraft_trainer.heads import build_head
-from kubegraft_trainer.transfer_model import TransferModel
 from torch import nn
 
 from kubegraft.api.v1alpha1 import Head
+from kubegraft_trainer.architectures import ARCHITECTURES, SimpleCNN, VGGFeatures
+from kubegraft_trainer.heads import build_head
+from kubegraft_trainer.transfer_model import TransferModel
 
 pytestmark = pytest.mark.trainer
 

@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 import torch
-from kubegraft_trainer.architectures import VGGFeatures, get_architecture
-from kubegraft_trainer.errors import ConfigError
-from kubegraft_trainer.pretrained import ModelBundle, load_model, read_state_dict
-from kubegraft_trainer.transfer_model import CausalLMModel, TransferModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kubegraft.api.v1alpha1 import FineTuneJobSpec
 from kubegraft.exitcodes import ExitCode
+from kubegraft_trainer.architectures import VGGFeatures, get_architecture
+from kubegraft_trainer.errors import ConfigError
+from kubegraft_trainer.pretrained import ModelBundle, load_model, read_state_dict
+from kubegraft_trainer.transfer_model import CausalLMModel, TransferModel
 
 pytestmark = pytest.mark.trainer
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from kubegraft_trainer.checkpointing import latest_checkpoint, list_checkpoints, read_trainer_state
 from safetensors.torch import load_file
 from trainer_helpers import (
     kill_gang,
@@ -31,6 +30,7 @@ from trainer_helpers import (
 )
 
 from kubegraft.exitcodes import ExitCode
+from kubegraft_trainer.checkpointing import latest_checkpoint, list_checkpoints, read_trainer_state
 
 pytestmark = [pytest.mark.trainer, pytest.mark.timeout(600)]
 

@@ -50,8 +50,9 @@ def write_digits(root: Path) -> Path:
 def write_simple_cnn_init(path: Path, seed: int = 0) -> Path:
     """A randomly initialised simple_cnn state dict: what digits pretraining starts from."""
     import torch
-    from kubegraft_trainer.architectures import SimpleCNN
     from safetensors.torch import save_file
+
+    from kubegraft_trainer.architectures import SimpleCNN
 
     torch.manual_seed(seed)
     save_file(SimpleCNN().state_dict(), str(path))

@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kubegraft_operator import conditions as cond
-from kubegraft_operator.decide import Decision, backoff_seconds, decide
-from kubegraft_operator.observe import Observation, PodObservation, PodPhase, format_time
 
 from kubegraft.api.v1alpha1 import FineTuneJob, JobState
 from kubegraft.progress import ProgressReport
+from kubegraft_operator import conditions as cond
+from kubegraft_operator.decide import Decision, backoff_seconds, decide
+from kubegraft_operator.observe import Observation, PodObservation, PodPhase, format_time
 
 pytestmark = pytest.mark.unit
 

@@ -9,6 +9,8 @@ import json
 from typing import Any
 
 import pytest
+
+from kubegraft.progress import ProgressReport
 from kubegraft_operator.apply import merge_patch
 from kubegraft_operator.observe import (
     PodPhase,
@@ -18,8 +20,6 @@ from kubegraft_operator.observe import (
 )
 from kubegraft_operator.progress_status import format_duration, metrics_from
 from kubegraft_operator.store import Store
-
-from kubegraft.progress import ProgressReport
 
 pytestmark = pytest.mark.unit
 

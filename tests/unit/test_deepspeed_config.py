@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubegraft_trainer.deepspeed_config import build_deepspeed_config
 
 from kubegraft.api.v1alpha1 import FineTuneJobSpec
+from kubegraft_trainer.deepspeed_config import build_deepspeed_config
 
 pytestmark = pytest.mark.unit
 

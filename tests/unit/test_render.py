@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kubegraft_operator.render import render
 
 from kubegraft.api.v1alpha1 import FineTuneJob
 from kubegraft.constants import (
@@ -24,6 +23,7 @@ from kubegraft.constants import (
     LABEL_NODE_RANK,
 )
 from kubegraft.launch import build_launch
+from kubegraft_operator.render import render
 
 pytestmark = pytest.mark.unit
 

@@ -7,6 +7,7 @@ import importlib.resources
 from pathlib import Path
 
 import pytest
+
 from kubegraft_trainer.errors import ConfigError
 from kubegraft_trainer.uris import is_hub_uri, resolve_uri
 

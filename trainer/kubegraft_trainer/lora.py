@@ -39,8 +39,9 @@ def add_lora_adapters(
     Targets are ``spec.target_modules`` (module-name suffixes) or ``default_targets`` (a list
     of suffixes, or a peft full-match regex string). Raises ConfigError when no module matches.
     """
-    from kubegraft_trainer.errors import ConfigError
     from peft import LoraConfig, inject_adapter_in_model
+
+    from kubegraft_trainer.errors import ConfigError
 
     if has_lora(module):
         return module
