@@ -333,3 +333,9 @@ class Kube:
             key=lambda e: str(e.first_timestamp or e.event_time or e.metadata.creation_timestamp),
         )
         return [(str(e.type), str(e.reason)) for e in items]
+
+
+def state_is(kube: Kube, ns: str, name: str, *states: str) -> dict[str, Any] | None:
+    """The job's status when its state is one of ``states`` (a ``wait_for`` predicate)."""
+    st = kube.status(ns, name)
+    return st if st.get("state") in states else None

@@ -6,14 +6,49 @@ forgot ``pytestmark``, so ``pytest -m unit`` never selects one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft_operator.testing import Kube, OperatorProcess, operator_kubeconfig
+
 HERE = Path(__file__).parent
+TEST_NAMESPACES = "t-*"
+"""The namespace fixture's names all start so (see kubegraft.devcluster.pytest_plugin)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in Path(str(item.path)).parents and not item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.integration)
+
+
+# Shared by the operator test modules: each module gets its own operator and client.
+@pytest.fixture(scope="module")
+def op_kubeconfig(
+    cluster: Cluster, crd: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return operator_kubeconfig(
+        cluster.kubectl, cluster.kubeconfig, tmp_path_factory.mktemp("op") / "kubeconfig"
+    )
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: Cluster) -> Iterator[Kube]:
+    api = cluster.api_client()
+    yield Kube(api)
+    api.close()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    op_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the module, watching the test namespaces (``t-*``, a kopf glob). It
+    outlives each test's namespace, so it also removes its finalizer when they are deleted."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with OperatorProcess(op_kubeconfig, log, namespace=TEST_NAMESPACES) as op:
+        yield op
+    print(op.logs()[-4000:])

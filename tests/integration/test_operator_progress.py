@@ -9,8 +9,6 @@ real: that token may patch the job's progress ConfigMap and nothing else.
 from __future__ import annotations
 
 import urllib.error
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,43 +20,12 @@ from kubegraft_operator.testing import (
     Kube,
     OperatorProcess,
     job_manifest,
-    operator_kubeconfig,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
 WAIT = 120
 """Seconds any wait may take on a loaded machine; waits end as soon as their condition holds."""
-TEST_NAMESPACES = "t-*"
-"""The namespace fixture's names all start so (see kubegraft.devcluster.pytest_plugin)."""
-
-
-@pytest.fixture(scope="module")
-def op_kubeconfig(
-    cluster: Cluster, crd: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    return operator_kubeconfig(
-        cluster.kubectl, cluster.kubeconfig, tmp_path_factory.mktemp("op") / "kubeconfig"
-    )
-
-
-@pytest.fixture(scope="module")
-def kube(cluster: Cluster) -> Iterator[Kube]:
-    api = cluster.api_client()
-    yield Kube(api)
-    api.close()
-
-
-@pytest.fixture(scope="module")
-def operator(
-    op_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """One operator for the module, watching the test namespaces (``t-*``, a kopf glob). It
-    outlives each test's namespace, so it also removes its finalizer when they are deleted."""
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with OperatorProcess(op_kubeconfig, log, namespace=TEST_NAMESPACES) as op:
-        yield op
-    print(op.logs()[-4000:])
 
 
 def ca_file(cluster: Cluster) -> str:

@@ -13,9 +13,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,8 +24,8 @@ from kubegraft_operator.testing import (
     Kube,
     OperatorProcess,
     job_manifest,
-    operator_kubeconfig,
     repo_root,
+    state_is,
     wait_for,
 )
 
@@ -42,27 +40,6 @@ PEERING_OBJECT = {
     "kind": "KopfPeering",
     "metadata": {"name": "kubegraft"},
 }
-
-
-@pytest.fixture(scope="module")
-def op_kubeconfig(
-    cluster: Cluster, crd: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    return operator_kubeconfig(
-        cluster.kubectl, cluster.kubeconfig, tmp_path_factory.mktemp("op") / "kubeconfig"
-    )
-
-
-@pytest.fixture(scope="module")
-def kube(cluster: Cluster) -> Iterator[Kube]:
-    api = cluster.api_client()
-    yield Kube(api)
-    api.close()
-
-
-def state_is(kube: Kube, ns: str, name: str, *states: str) -> dict[str, Any] | None:
-    st = kube.status(ns, name)
-    return st if st.get("state") in states else None
 
 
 def test_killed_half_way_then_restarted_creates_nothing_twice(
