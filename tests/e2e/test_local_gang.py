@@ -36,7 +36,6 @@ from kubegraft.progress import _patch_configmap
 from kubegraft_operator.testing import (
     Kube,
     OperatorProcess,
-    operator_kubeconfig,
     repo_root,
     wait_for,
 )
@@ -46,22 +45,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 RUN_TIMEOUT = 420.0
 """One tiny run takes ~1 minute on 2 idle cores; the test machines are shared and busy."""
-
-
-@pytest.fixture(scope="module")
-def op_kubeconfig(
-    cluster: Cluster, crd: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    return operator_kubeconfig(
-        cluster.kubectl, cluster.kubeconfig, tmp_path_factory.mktemp("op") / "kubeconfig"
-    )
-
-
-@pytest.fixture(scope="module")
-def kube(cluster: Cluster) -> Iterator[Kube]:
-    api = cluster.api_client()
-    yield Kube(api)
-    api.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kubegraft.devcluster.cluster import Cluster
-from kubegraft_operator.testing import Kube, OperatorProcess, operator_kubeconfig
+from kubegraft_operator.testing import OperatorProcess
 
 HERE = Path(__file__).parent
 TEST_NAMESPACES = "t-*"
@@ -25,23 +24,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-# Shared by the operator test modules: each module gets its own operator and client.
-@pytest.fixture(scope="module")
-def op_kubeconfig(
-    cluster: Cluster, crd: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    return operator_kubeconfig(
-        cluster.kubectl, cluster.kubeconfig, tmp_path_factory.mktemp("op") / "kubeconfig"
-    )
-
-
-@pytest.fixture(scope="module")
-def kube(cluster: Cluster) -> Iterator[Kube]:
-    api = cluster.api_client()
-    yield Kube(api)
-    api.close()
-
-
+# Each operator test module gets its own operator (op_kubeconfig and kube: tests/conftest.py).
 @pytest.fixture(scope="module")
 def operator(
     op_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
