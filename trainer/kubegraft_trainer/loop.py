@@ -354,15 +354,34 @@ class Trainer:
         self.policy.apply(self.model, stage=stage)
         self._set_train_mode()
         self._log_parameters()
+        if self.trainable == 0:
+            # backward would fail with an autograd error; say what to change instead. A causal
+            # LM with tied input/output embeddings is the usual case: its LM head *is* the
+            # embedding matrix, so freezing the embeddings freezes the head too.
+            raise ConfigError(
+                f"the freeze policy (stage {stage}) leaves no parameter trainable"
+                + (
+                    "; this model's LM head is tied to its input embeddings, so set "
+                    "freezeEmbeddings: false to train it"
+                    if self.task == Task.CAUSAL_LM
+                    else ""
+                ),
+                field="spec.freeze",
+            )
+        if self.main and self.task == Task.CAUSAL_LM and t.metric_for_best != "loss":
+            log.info(
+                "causal-lm is evaluated on loss and perplexity: the best checkpoint and early "
+                "stopping use loss, not %s",
+                t.metric_for_best,
+            )
 
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         blocker = cache_blocker(
             self.model,
             self.bundle.layout,
             trainable,
-            enabled=t.cache_frozen_features
-            and self.policy.num_stages == 1
-            and self.task != Task.CAUSAL_LM,
+            # (a causal LM has no separate backbone and head: cache_blocker says so)
+            enabled=t.cache_frozen_features and self.policy.num_stages == 1,
             strategy=spec.distributed.strategy.value,
         )
         self.use_cache = blocker is None
@@ -620,19 +639,28 @@ class Trainer:
             return dict(results["validation"])
         return dict(next(iter(results.values())))
 
+    def _metric_for_best(self, main: dict[str, Any] | None = None) -> str:
+        """The metric that picks the best checkpoint: the spec's, except that a causal LM
+        (whose evaluation has no classification metrics) and an evaluation without that
+        metric use loss."""
+        name = self.spec.training.metric_for_best
+        if self.task == Task.CAUSAL_LM or (main is not None and name not in main):
+            return "loss"
+        return name
+
     def _after_eval(self, results: dict[str, Any]) -> bool:
         """Record an evaluation; returns whether it is the best so far."""
         t = self.spec.training
         self.state.last_eval = results
         main = self._main_metric(results)
-        metric_name = t.metric_for_best if t.metric_for_best in main else "loss"
+        metric_name = self._metric_for_best(main)
         value = float(main[metric_name])
         best = is_improvement(metric_name, value, self.state.best_metric)
         if best:
             self.state.best_metric, self.state.best_step = value, self.state.step
         if t.early_stopping is not None:
             es = t.early_stopping
-            es_name = es.metric if es.metric in main else "loss"
+            es_name = es.metric if es.metric in main and self.task != Task.CAUSAL_LM else "loss"
             if is_improvement(
                 es_name, float(main[es_name]), self.state.early_stopping_best, es.min_delta
             ):
@@ -860,7 +888,7 @@ class Trainer:
                 "total_parameters": self.total_params,
                 "best_checkpoint": best["path"] if best else None,
                 "best_metric": best.get("metric") if best else None,
-                "metric_for_best": self.spec.training.metric_for_best,
+                "metric_for_best": self._metric_for_best(main or None),
                 "wall_seconds": round(time.time() - started, 2),
                 "train_seconds": round(self.train_seconds, 2),
                 "samples_per_second": round(self.samples_per_second, 2),
