@@ -15,6 +15,7 @@ Runs in worker threads (the kubernetes client is synchronous); the async daemon 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -31,8 +32,11 @@ T = TypeVar("T")
 
 ENV_FAULT_EXIT_AFTER_CREATES = "KUBEGRAFT_FAULT_EXIT_AFTER_CREATES"
 """Fault injection for the idempotency test: the process dies (exit 137, like SIGKILL) right
-after this many successful creates, i.e. half-way through a reconcile. Unset in production."""
+after this many successful creates, i.e. half-way through a reconcile. Unset in production.
+While it is set, creates run one at a time (pods are otherwise created in parallel), so that
+exactly that many objects exist when the process dies."""
 _creates = 0
+_fault_lock = threading.Lock()
 
 
 def _maybe_die_after_create() -> None:
@@ -111,7 +115,14 @@ class Api:
 
     # ----------------------------------------------------------------- writes
     def create_if_absent(self, obj: Obj) -> Obj | None:
-        """Create ``obj``; returns the created object, or None when it existed already."""
+        """Create ``obj``; returns the created object, or None when it existed already.
+        Thread-safe: the reconciler creates a gang's pods from several threads."""
+        if os.environ.get(ENV_FAULT_EXIT_AFTER_CREATES):
+            with _fault_lock:
+                return self._create_if_absent(obj)
+        return self._create_if_absent(obj)
+
+    def _create_if_absent(self, obj: Obj) -> Obj | None:
         kind = obj["kind"]
         ns = obj["metadata"]["namespace"]
         body = cast(Any, obj)  # the client accepts plain dicts; its stubs name the models

@@ -38,7 +38,8 @@ def _api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     cfg = client.Configuration.get_default_copy()
-    cfg.connection_pool_maxsize = 32
+    # reconcile threads + the pod-create threads they fan out to (see Reconciler)
+    cfg.connection_pool_maxsize = 2 * settings.reconcile_threads()
     return client.ApiClient(cfg)
 
 

@@ -106,6 +106,11 @@ class Reconciler:
         self.executor = ThreadPoolExecutor(
             max_workers=settings.reconcile_threads(), thread_name_prefix="reconcile"
         )
+        # A gang's pods are created in parallel (one round trip instead of N). Their own pool:
+        # a reconcile waiting on tasks queued in its own executor could deadlock it.
+        self.pod_creator = ThreadPoolExecutor(
+            max_workers=settings.reconcile_threads(), thread_name_prefix="create-pod"
+        )
 
     # -------------------------------------------------------------- sync part
     def seed(self, key: Key) -> tuple[list[Obj], Obj | None]:
@@ -143,8 +148,9 @@ class Reconciler:
         )
 
     def _apply(self, decision: Decision, ns: str) -> list[Obj]:
-        """Deletes first (a restart frees GPUs), then creates in order; returns the pods the
-        API answered with."""
+        """Deletes first (a restart frees GPUs), then the infrastructure in order, then all
+        pods at once (they need the ServiceAccount, not each other); returns the pods the API
+        answered with."""
         pods: list[Obj] = []
         deletes = [(n, False) for n in decision.delete_pods]
         deletes += [(n, True) for n in decision.force_delete_pods]
@@ -153,15 +159,30 @@ class Reconciler:
             if gone is not None:
                 pods.append(gone)
         for obj in decision.create:
+            if obj["kind"] != "Pod":
+                self.api.create_if_absent(obj)
+        workers = [obj for obj in decision.create if obj["kind"] == "Pod"]
+        futures = [self.pod_creator.submit(self.api.create_if_absent, obj) for obj in workers]
+        refused: tuple[Obj, ApiException] | None = None
+        error: Exception | None = None
+        for obj, future in zip(workers, futures, strict=True):
             try:
-                created = self.api.create_if_absent(obj)
+                created = future.result()  # waits for every create before deciding
             except ApiException as e:
-                if obj["kind"] == "Pod" and e.status in (400, 403, 422):
-                    self._pod_refused(decision, obj, e)
-                    return pods
-                raise
-            if created is not None and created.get("kind") == "Pod":
+                if e.status in (400, 403, 422):
+                    refused = refused or (obj, e)
+                else:
+                    error = error or e
+                continue
+            except Exception as e:
+                error = error or e
+                continue
+            if created is not None:
                 pods.append(created)
+        if error is not None:
+            raise error
+        if refused is not None:
+            self._pod_refused(decision, *refused)
         return pods
 
     def _pod_refused(self, decision: Decision, obj: Obj, e: ApiException) -> None:

@@ -10,6 +10,11 @@ integers on every real API server; when one is not, the latest write wins).
 
 All methods run on the operator's event loop (kopf handlers and the async daemons), so no
 locks are needed; reconciles in worker threads only see snapshots.
+
+Only the fields :mod:`.observe` reads are kept (:func:`slim_pod`, :func:`slim_progress`): a
+whole pod (env, command, volumes, managedFields) costs tens of KB as Python objects, which made
+the operator's memory grow ~0.45 MB per job at scale (bench/operator_scale.py). Nodes are not
+cached at all, only the names of the NotReady ones.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubegraft.constants import LABEL_JOB_NAME
-from kubegraft.progress import ProgressReport
+from kubegraft.constants import LABEL_ATTEMPT, LABEL_JOB_NAME, LABEL_NODE_RANK
+from kubegraft.progress import CONFIGMAP_KEY, ProgressReport
 from kubegraft_operator.observe import (
     Observation,
     node_is_ready,
@@ -47,6 +52,66 @@ def newer_or_equal(candidate: Mapping[str, Any], current: Mapping[str, Any] | No
         return True
     a, b = _rv(candidate), _rv(current)
     return a is None or b is None or a >= b
+
+
+_META_KEYS = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+_LABEL_KEYS = (LABEL_JOB_NAME, LABEL_NODE_RANK, LABEL_ATTEMPT)
+_MESSAGE_KEYS = ("reason", "message")
+
+
+def _pick(obj: Mapping[str, Any], keys: tuple[str, ...]) -> Obj:
+    return {k: obj[k] for k in keys if k in obj}
+
+
+def _slim_meta(meta: Mapping[str, Any]) -> Obj:
+    out = _pick(meta, _META_KEYS)
+    out["labels"] = _pick(meta.get("labels") or {}, _LABEL_KEYS)
+    return out
+
+
+def _slim_container_status(cs: Mapping[str, Any]) -> Obj:
+    state = cs.get("state") or {}
+    slim: Obj = {}
+    if term := state.get("terminated"):
+        # exitCode always kept, so a terminated state stays truthy as observe_pod tests it
+        slim["terminated"] = {"exitCode": term.get("exitCode"), **_pick(term, _MESSAGE_KEYS)}
+    if waiting := state.get("waiting"):
+        slim["waiting"] = _pick(waiting, _MESSAGE_KEYS)
+    return {"name": cs.get("name"), "state": slim}
+
+
+def slim_pod(obj: Mapping[str, Any]) -> Obj:
+    """The part of a pod that :func:`.observe.observe_pod`, :func:`job_key`, the
+    resourceVersion/tombstone checks and :meth:`Store.put_node` read; the rest is dropped."""
+    status = obj.get("status") or {}
+    slim_status = _pick(status, ("phase", *_MESSAGE_KEYS))
+    if conds := status.get("conditions"):
+        slim_status["conditions"] = [_pick(c, ("type", "status", *_MESSAGE_KEYS)) for c in conds]
+    if statuses := status.get("containerStatuses"):
+        slim_status["containerStatuses"] = [_slim_container_status(cs) for cs in statuses]
+    node = (obj.get("spec") or {}).get("nodeName")
+    return {
+        "metadata": _slim_meta(obj.get("metadata") or {}),
+        "spec": {"nodeName": node} if node else {},
+        "status": slim_status,
+    }
+
+
+def slim_progress(obj: Mapping[str, Any]) -> Obj:
+    """The progress ConfigMap reduced to its identity and the report
+    (:func:`.observe.observe_progress` reads only that key)."""
+    data = obj.get("data") or {}
+    return {
+        "metadata": _slim_meta(obj.get("metadata") or {}),
+        "data": _pick(data, (CONFIGMAP_KEY,)),
+    }
 
 
 def job_key(obj: Mapping[str, Any]) -> Key | None:
@@ -95,6 +160,7 @@ class Store:
         key = job_key(pod)
         if key is None:
             return None
+        pod = slim_pod(pod)
         name = pod["metadata"]["name"]
         uid = pod["metadata"].get("uid")
         pods = self.pods.setdefault(key, {})
@@ -113,7 +179,7 @@ class Store:
     def replace_pods(self, key: Key, pods: list[Obj]) -> None:
         """Seed a job's pods from a fresh LIST (a daemon's first look after (re)start)."""
         fresh = {
-            p["metadata"]["name"]: p
+            p["metadata"]["name"]: slim_pod(p)
             for p in pods
             if p["metadata"].get("uid") not in self.tombstones
         }
@@ -131,7 +197,7 @@ class Store:
         if deleted:
             self.progress.pop(key, None)
         elif newer_or_equal(config_map, self.progress.get(key)):
-            self.progress[key] = config_map
+            self.progress[key] = slim_progress(config_map)
         return key
 
     # ------------------------------------------------------------------- nodes

@@ -1,0 +1,195 @@
+"""The watch cache keeps only what observe reads (store.slim_pod / slim_progress).
+
+A rendered worker pod (the ``full`` golden case) is dressed up as the API server returns it
+(uid, resourceVersion, managedFields, a scheduled node, statuses); the slim copy must give the
+same Observation and lose the bulky parts (env, command, volumes, managedFields).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubegraft.api.v1alpha1 import FineTuneJob
+from kubegraft.progress import CONFIGMAP_KEY
+from kubegraft_operator.observe import observe_pod, observe_pods, observe_progress
+from kubegraft_operator.render import render_pod
+from kubegraft_operator.store import Store, slim_pod, slim_progress
+
+pytestmark = pytest.mark.unit
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
+
+STATUSES: dict[str, dict[str, Any]] = {
+    "pending-unschedulable": {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                "lastTransitionTime": "2026-01-01T00:00:01Z",
+            }
+        ],
+    },
+    "image-pull": {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "image": "example.com/trainer:1",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "back-off"}},
+            }
+        ],
+    },
+    "running-ready": {
+        "phase": "Running",
+        "podIP": "10.0.0.7",
+        "startTime": "2026-01-01T00:00:02Z",
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:05Z"},
+        ],
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "ready": True,
+                "started": True,
+                "state": {"running": {"startedAt": "2026-01-01T00:00:04Z"}},
+            }
+        ],
+    },
+    "oom-killed": {
+        "phase": "Failed",
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "lastState": {},
+                "state": {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "OOMKilled",
+                        "startedAt": "2026-01-01T00:00:04Z",
+                        "finishedAt": "2026-01-01T00:09:00Z",
+                        "containerID": "containerd://abc",
+                    }
+                },
+            }
+        ],
+    },
+    "evicted": {"phase": "Failed", "reason": "Evicted", "message": "node low on memory"},
+}
+
+
+def full_pod(status: dict[str, Any], *, deleting: bool = False) -> dict[str, Any]:
+    """A rendered pod as the API server would return it."""
+    raw = yaml.safe_load((GOLDEN / "full.input.yaml").read_text())
+    job = FineTuneJob.model_validate(raw)
+    pod = render_pod(job, namespace="ns", uid="job-uid", rank=1, attempt=2)
+    meta = pod["metadata"]
+    meta.update(
+        uid="pod-uid",
+        resourceVersion="4711",
+        creationTimestamp="2026-01-01T00:00:00Z",
+        managedFields=[
+            {
+                "manager": "kubegraft-operator",
+                "operation": "Update",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:spec": {"f:containers": {'k:{"name":"trainer"}': {}}}},
+            }
+        ],
+    )
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:10:00Z"
+    pod["spec"]["nodeName"] = "node-7"
+    pod["status"] = copy.deepcopy(status)
+    return pod
+
+
+@pytest.mark.parametrize("case", sorted(STATUSES))
+@pytest.mark.parametrize("deleting", [False, True])
+def test_slim_pod_observes_like_the_full_pod(case: str, deleting: bool) -> None:
+    full = full_pod(STATUSES[case], deleting=deleting)
+    slim = slim_pod(full)
+    before, after = observe_pod(full), observe_pod(slim)
+    assert before is not None
+    assert after == before
+    assert before.node_name == "node-7"
+    assert before.deleting is deleting
+
+
+def test_slim_pod_drops_the_bulky_parts_and_keeps_identity() -> None:
+    full = full_pod(STATUSES["oom-killed"])
+    assert full["spec"]["containers"][0]["env"]
+    assert full["spec"]["volumes"]
+    slim = slim_pod(full)
+    assert slim["spec"] == {"nodeName": "node-7"}
+    meta = slim["metadata"]
+    assert "managedFields" not in meta
+    assert "ownerReferences" not in meta
+    assert (meta["name"], meta["namespace"], meta["uid"], meta["resourceVersion"]) == (
+        full["metadata"]["name"],
+        "ns",
+        "pod-uid",
+        "4711",
+    )
+    assert set(meta["labels"]) == {
+        "kubegraft.io/job-name",
+        "kubegraft.io/node-rank",
+        "kubegraft.io/attempt",
+    }
+    term = slim["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term == {"exitCode": 137, "reason": "OOMKilled"}
+    assert len(json.dumps(slim)) * 5 < len(json.dumps(full))
+    assert slim_pod(slim) == slim  # idempotent: API responses and watch events mix
+
+
+def test_store_caches_slim_pods_and_observes_the_same() -> None:
+    store = Store()
+    fulls = [full_pod(s) for s in STATUSES.values()]
+    for i, p in enumerate(fulls):
+        p["metadata"]["name"] = f"p{i}"
+        p["metadata"]["uid"] = f"u{i}"
+    key = store.put_pod(copy.deepcopy(fulls[0]))
+    assert key == ("ns", fulls[0]["metadata"]["labels"]["kubegraft.io/job-name"])
+    store.replace_pods(key, copy.deepcopy(fulls[1:]))
+    store.put_pod(copy.deepcopy(fulls[0]))
+    cached = store.pods[key]
+    assert all("managedFields" not in p["metadata"] for p in cached.values())
+    assert all("containers" not in p["spec"] for p in cached.values())
+    assert store.observation(key).pods == observe_pods(fulls)
+    # readiness of a node still finds the job by its pods' nodeName
+    assert store.put_node({"metadata": {"name": "node-7"}, "status": {"conditions": []}}) == []
+    lost = {"metadata": {"name": "node-7"}, "status": {"conditions": [{"type": "Ready"}]}}
+    assert store.put_node(lost) == [key]
+
+
+def test_slim_progress_keeps_only_the_report() -> None:
+    report = {"step": 10, "epoch": 1.0, "train_loss": 0.5}
+    cm = {
+        "metadata": {
+            "name": "j-progress",
+            "namespace": "ns",
+            "resourceVersion": "9",
+            "labels": {"kubegraft.io/job-name": "j", "app.kubernetes.io/component": "progress"},
+            "managedFields": [{"manager": "trainer", "fieldsV1": {"f:data": {}}}],
+        },
+        "data": {CONFIGMAP_KEY: json.dumps(report), "other": "x" * 1000},
+    }
+    slim = slim_progress(cm)
+    assert slim["data"] == {CONFIGMAP_KEY: json.dumps(report)}
+    assert "managedFields" not in slim["metadata"]
+    assert observe_progress(slim) == observe_progress(cm) is not None
+    store = Store()
+    assert store.put_progress(cm) == ("ns", "j")
+    assert store.progress[("ns", "j")] == slim
