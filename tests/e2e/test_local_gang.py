@@ -206,9 +206,10 @@ def test_killed_worker_restarts_the_gang_from_the_checkpoint_and_succeeds(
     tmp_path: Path,
 ) -> None:
     """Local processes stand in for a kubelet: SIGKILL rank 1 mid-training (exit 137)."""
-    steps = 60
-    # Features are not cached, so every step runs the encoder and the run lasts long enough
-    # to be killed after its first checkpoint.
+    steps = 150
+    # Features are not cached, so every step runs the encoder, and there are enough steps
+    # (tens of seconds even on an idle machine) that the kill, right after the first
+    # checkpoint, lands mid-training; with 60 steps an idle machine sometimes finished first.
     output = tmp_path / "output"
     kube.create_job(
         namespace,
