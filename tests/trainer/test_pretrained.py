@@ -152,8 +152,9 @@ def test_efficientnet_backbone_equals_the_file(effnet: ModelBundle) -> None:
 def test_efficientnet_weights_recognise_a_real_photo() -> None:
     """The mapping is right, not just shape-compatible: with the file's own ImageNet classifier
     the network recognises sklearn's sample photo of a Chinese temple as a building."""
-    timm = pytest.importorskip("timm")
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    import sklearn.datasets as sklearn_datasets
+    import timm
+
     arch = get_architecture("efficientnet_lite0")
     full = timm.create_model("efficientnet_lite0", num_classes=1000, bn_eps=1e-3).eval()
     state = arch.map_keys(read_state_dict(EFFNET_FILE), full)  # type: ignore[misc]
@@ -212,7 +213,8 @@ def test_vgg16_is_selectable_and_wires_up(tmp_path: Path) -> None:
 
 
 def test_resnet18_state_dict_with_module_prefix(tmp_path: Path) -> None:
-    timm = pytest.importorskip("timm")
+    import timm
+
     torch.manual_seed(0)
     state = {
         f"module.{k}": v
