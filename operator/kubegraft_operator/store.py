@@ -170,9 +170,8 @@ class Store:
                 self.tombstones[uid] = None
                 while len(self.tombstones) > MAX_TOMBSTONES:
                     del self.tombstones[next(iter(self.tombstones))]
-        elif uid in self.tombstones:
-            pass
-        elif newer_or_equal(pod, pods.get(name)):
+        # A late event for a pod already seen deleted must not bring it back.
+        elif uid not in self.tombstones and newer_or_equal(pod, pods.get(name)):
             pods[name] = pod
         return key
 

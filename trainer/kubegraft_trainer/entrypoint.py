@@ -9,9 +9,9 @@ and maps the outcome to the documented exit codes (:mod:`kubegraft.exitcodes`):
 * 75 preempted (SIGTERM handled, checkpoint saved: retryable); 1 anything else (retryable).
 
 torchrun reports any failed worker as exit code 1, so each process also records its own code
-and reason in ``<output.path>/status/rank-<N>.json`` (read by ``kubegraft run``) and, when
-Kubernetes provides one, in the container's termination log (``/dev/termination-log``), where
-the operator can read the real reason from the pod status.
+and reason in ``<output.path>/status/rank-<N>.json``; the node supervisor
+(:mod:`kubegraft_trainer.node`) turns those records into the pod's exit code and writes the
+telling one to the container's termination log, where the operator reads it.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from pydantic import ValidationError
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobSpec
 from kubegraft.constants import ENV_JOB_CONFIG
 from kubegraft.exitcodes import ExitCode, describe
+from kubegraft.progress import write_atomically
 from kubegraft_trainer.errors import ConfigError
 
 log = logging.getLogger("kubegraft_trainer")
 STATUS_DIR = "status"
-TERMINATION_LOG = "/dev/termination-log"
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
@@ -94,22 +94,14 @@ def _setup_logging(rank: int) -> None:
 
 
 def write_status(output: Path | None, rank: int, code: int, message: str) -> None:
-    """Record this process's exit code and reason where the launcher and operator can read it."""
+    """Record this process's exit code and reason for the node supervisor and ``kubegraft run``."""
+    if output is None:
+        return
     record = json.dumps(
         {"rank": rank, "exitCode": code, "reason": describe(code), "message": message[-2000:]}
     )
-    if output is not None:
-        try:
-            status_dir = output / STATUS_DIR
-            status_dir.mkdir(parents=True, exist_ok=True)
-            tmp = status_dir / f".rank-{rank}.json.tmp"
-            tmp.write_text(record + "\n")
-            os.replace(tmp, status_dir / f"rank-{rank}.json")
-        except OSError:
-            pass
-    if code != 0 and os.path.exists(TERMINATION_LOG) and os.access(TERMINATION_LOG, os.W_OK):
-        with contextlib.suppress(OSError):
-            Path(TERMINATION_LOG).write_text(record)
+    with contextlib.suppress(OSError):
+        write_atomically(output / STATUS_DIR / f"rank-{rank}.json", record + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
