@@ -8,16 +8,18 @@ operator died half-way, converges without duplicates:
 - the status is written as ONE JSON merge patch on the ``/status`` subresource, and only
   when it differs from what is stored.
 
-Runs in worker threads (the kubernetes client is synchronous); the async daemon in
+Runs in worker threads (the kubernetes client's transport is synchronous); the async daemon in
 :mod:`.reconciler` hands it snapshots and posts Events after the status write succeeded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from collections.abc import Mapping
+from typing import Any, cast
+from urllib.parse import quote
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -28,7 +30,6 @@ from kubegraft_operator import metrics, names
 from kubegraft_operator.render import COMPONENT_CONFIG, COMPONENT_WORKER
 
 Obj = dict[str, Any]
-T = TypeVar("T")
 
 ENV_FAULT_EXIT_AFTER_CREATES = "KUBEGRAFT_FAULT_EXIT_AFTER_CREATES"
 """Fault injection for the idempotency test: the process dies (exit 137, like SIGKILL) right
@@ -67,56 +68,97 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Obj:
     return patch
 
 
+_PATHS: dict[str, str] = {
+    "Pod": "/api/v1/namespaces/{ns}/pods",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    "FineTuneJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+}
+"""Collection path of each kind the operator writes."""
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = 30.0
+
+
+def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    path = _PATHS[kind].format(ns=quote(namespace, safe=""))
+    if name is not None:
+        path += "/" + quote(name, safe="")
+    if sub is not None:
+        path += "/" + sub
+    return path
+
+
 class Api:
-    """Thin typed wrapper over the kubernetes client calls the operator makes."""
+    """The requests the operator makes, as plain JSON over the kubernetes client's transport.
+
+    The client's ``ApiClient`` brings the kubeconfig / in-cluster auth, TLS and connection
+    pool; the generated ``CoreV1Api`` & co. are deliberately not used. Importing
+    ``core_v1_api`` alone costs ~80 MB of resident memory (a 4.5 MB module), half of the
+    operator's start-up footprint, and every typed call deserialises the answer into models
+    that we would only turn back into dicts (bench/operator_scale.py measured both).
+    """
 
     def __init__(self, api_client: client.ApiClient) -> None:
-        self.core = client.CoreV1Api(api_client)
-        self.rbac = client.RbacAuthorizationV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
         self.api_client = api_client
 
-    def _call(self, operation: str, fn: Callable[[], T], ok: tuple[int, ...] = ()) -> T | None:
-        """Run one request; statuses in ``ok`` return None, other errors are counted and raised."""
+    def request(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = JSON,
+        ok: tuple[int, ...] = (),
+    ) -> Obj | None:
+        """One request; the JSON answer as a dict. Statuses in ``ok`` return None; other
+        errors are counted in the metrics and raised as the client's ``ApiException``."""
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
         try:
-            return fn()
-        except ApiException as e:
-            if e.status in ok:
-                return None
-            metrics.API_ERRORS.labels(operation=operation, code=str(e.status or 0)).inc()
-            raise
+            serialized = self.api_client.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query or None,
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            resp = self.api_client.call_api(*serialized, _request_timeout=REQUEST_TIMEOUT)
+            data: bytes = resp.read()  # type: ignore[no-untyped-call]
         except Exception:
             metrics.API_ERRORS.labels(operation=operation, code="0").inc()
             raise
-
-    def _sanitize(self, obj: Any) -> Obj:
-        out: Obj = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
-        return out
+        if not 200 <= resp.status <= 299:
+            if resp.status in ok:
+                return None
+            metrics.API_ERRORS.labels(operation=operation, code=str(resp.status)).inc()
+            text = data.decode("utf-8", "replace") if data else None
+            raise ApiException.from_response(http_resp=resp, body=text, data=None)
+        return cast(Obj, json.loads(data)) if data else {}
 
     # ------------------------------------------------------------------ reads
     def list_job_pods(self, namespace: str, job: str) -> list[Obj]:
         selector = f"{LABEL_JOB_NAME}={job},{LABEL_COMPONENT}={COMPONENT_WORKER}"
-        res = self._call(
-            "list_pods", lambda: self.core.list_namespaced_pod(namespace, label_selector=selector)
+        res = self.request(
+            "list_pods", "GET", _path("Pod", namespace), query=[("labelSelector", selector)]
         )
-        return [self._sanitize(p) for p in (res.items if res is not None else [])]
+        return list((res or {}).get("items") or [])
 
     def get_progress(self, namespace: str, job: str) -> Obj | None:
-        res = self._call(
-            "get_configmap",
-            lambda: self.core.read_namespaced_config_map(names.progress_config_map(job), namespace),
-            ok=(404,),
-        )
-        return None if res is None else self._sanitize(res)
-
-    def list_nodes(self) -> list[Obj]:
-        res = self._call("list_nodes", lambda: self.core.list_node())
-        return [self._sanitize(n) for n in (res.items if res is not None else [])]
+        path = _path("ConfigMap", namespace, names.progress_config_map(job))
+        return self.request("get_configmap", "GET", path, ok=(404,))
 
     # ----------------------------------------------------------------- writes
     def create_if_absent(self, obj: Obj) -> Obj | None:
         """Create ``obj``; returns the created object, or None when it existed already.
-        Thread-safe: the reconciler creates a gang's pods from several threads."""
+        Thread-safe: the reconciler creates a job's objects from several threads."""
         if os.environ.get(ENV_FAULT_EXIT_AFTER_CREATES):
             with _fault_lock:
                 return self._create_if_absent(obj)
@@ -124,73 +166,52 @@ class Api:
 
     def _create_if_absent(self, obj: Obj) -> Obj | None:
         kind = obj["kind"]
-        ns = obj["metadata"]["namespace"]
-        body = cast(Any, obj)  # the client accepts plain dicts; its stubs name the models
-        creators: dict[str, Callable[[], Any]] = {
-            "Pod": lambda: self.core.create_namespaced_pod(ns, body),
-            "Service": lambda: self.core.create_namespaced_service(ns, body),
-            "ConfigMap": lambda: self.core.create_namespaced_config_map(ns, body),
-            "ServiceAccount": lambda: self.core.create_namespaced_service_account(ns, body),
-            "Role": lambda: self.rbac.create_namespaced_role(ns, body),
-            "RoleBinding": lambda: self.rbac.create_namespaced_role_binding(ns, body),
-        }
-        res = self._call(f"create_{kind.lower()}", creators[kind], ok=(409,))
+        meta = obj["metadata"]
+        ns = meta["namespace"]
+        res = self.request(f"create_{kind.lower()}", "POST", _path(kind, ns), body=obj, ok=(409,))
         if res is not None:
             _maybe_die_after_create()
-        if (
-            res is None
-            and kind == "ConfigMap"
-            and obj["metadata"]["labels"].get(LABEL_COMPONENT) == COMPONENT_CONFIG
-        ):
+        elif kind == "ConfigMap" and meta["labels"].get(LABEL_COMPONENT) == COMPONENT_CONFIG:
             # The rendered config follows the spec (e.g. after a resume with changed
             # runPolicy); patching it is cheap and happens only when a gang is created.
-            self._call(
+            self.request(
                 "patch_configmap",
-                lambda: self.core.patch_namespaced_config_map(
-                    obj["metadata"]["name"], ns, {"data": obj["data"]}
-                ),
+                "PATCH",
+                _path(kind, ns, meta["name"]),
+                body={"data": obj["data"]},
+                content_type=MERGE_PATCH,
             )
-        return None if res is None else self._sanitize(res)
+        return res
 
     def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> Obj | None:
         """Delete a pod (404: already gone); ``force``: grace period 0 (its node is lost).
         Returns the pod as the API answered, if any."""
-        grace = 0 if force else None
-        res = self._call(
-            "delete_pod",
-            lambda: self.core.delete_namespaced_pod(
-                name, namespace, propagation_policy="Background", grace_period_seconds=grace
-            ),
-            ok=(404,),
+        options: Obj = {"propagationPolicy": "Background"}
+        if force:
+            options["gracePeriodSeconds"] = 0
+        res = self.request(
+            "delete_pod", "DELETE", _path("Pod", namespace, name), body=options, ok=(404,)
         )
-        if res is None:
-            return None
-        out = self._sanitize(res)
-        return out if out.get("kind") == "Pod" else None
+        return res if res is not None and res.get("kind") == "Pod" else None
 
     def patch_status(self, namespace: str, name: str, patch: Obj) -> Obj:
         """ONE merge patch of the job's status subresource; returns the updated job."""
-        res = self._call(
+        res = self.request(
             "patch_status",
-            lambda: self.custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": patch},
-                _content_type="application/merge-patch+json",
-            ),
+            "PATCH",
+            _path("FineTuneJob", namespace, name, "status"),
+            body={"status": patch},
+            content_type=MERGE_PATCH,
         )
         assert res is not None
-        return cast(Obj, res)
+        return res
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete the FineTuneJob (ttlSecondsAfterFinished); children go with it (GC)."""
-        self._call(
+        self.request(
             "delete_job",
-            lambda: self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
-            ),
+            "DELETE",
+            _path("FineTuneJob", namespace, name),
+            body={"propagationPolicy": "Background"},
             ok=(404,),
         )

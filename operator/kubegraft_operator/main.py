@@ -38,8 +38,8 @@ def _api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     cfg = client.Configuration.get_default_copy()
-    # reconcile threads + the pod-create threads they fan out to (see Reconciler)
-    cfg.connection_pool_maxsize = 2 * settings.reconcile_threads()
+    # the reconcile and first-pass threads + the create threads they fan out to (Reconciler)
+    cfg.connection_pool_maxsize = 3 * settings.reconcile_threads()
     return client.ApiClient(cfg)
 
 
