@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,11 +32,13 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
+from kubegraft.constants import LABEL_COMPONENT
 from kubegraft_operator import conditions as cond
 from kubegraft_operator import metrics, settings
-from kubegraft_operator.apply import Api, merge_patch
+from kubegraft_operator.apply import ENV_FAULT_EXIT_AFTER_CREATES, Api, merge_patch
 from kubegraft_operator.decide import Decision, Event, decide
 from kubegraft_operator.observe import Observation, format_time
+from kubegraft_operator.render import COMPONENT_CONFIG
 from kubegraft_operator.store import Key, Store, newer_or_equal
 
 Obj = dict[str, Any]
@@ -100,17 +103,17 @@ class Reconciler:
     def __init__(self, api: Api, store: Store) -> None:
         self.api = api
         self.store = store
-        # Our own pool for the blocking API calls of reconciles: asyncio's default executor
+        threads = settings.reconcile_threads()
+        # Our own pools for the blocking API calls of reconciles: asyncio's default executor
         # has min(32, cpus + 4) threads (6 on 2 cores), which capped parallel reconciles and
         # left new jobs waiting seconds for a thread at scale (bench/operator_scale.py).
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.reconcile_threads(), thread_name_prefix="reconcile"
-        )
-        # A gang's pods are created in parallel (one round trip instead of N). Their own pool:
-        # a reconcile waiting on tasks queued in its own executor could deadlock it.
-        self.pod_creator = ThreadPoolExecutor(
-            max_workers=settings.reconcile_threads(), thread_name_prefix="create-pod"
-        )
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reconcile")
+        # A job's first pass (nothing created yet) has its own pool, so that new jobs get
+        # their pods while hundreds of running jobs queue status updates in the other one.
+        self.starter = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="start")
+        # The creates of one wave go out in parallel (one round trip instead of N). Their own
+        # pool: a reconcile waiting on tasks queued in its own executor could deadlock it.
+        self.fanout = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="create")
 
     # -------------------------------------------------------------- sync part
     def seed(self, key: Key) -> tuple[list[Obj], Obj | None]:
@@ -148,9 +151,16 @@ class Reconciler:
         )
 
     def _apply(self, decision: Decision, ns: str) -> list[Obj]:
-        """Deletes first (a restart frees GPUs), then the infrastructure in order, then all
-        pods at once (they need the ServiceAccount, not each other); returns the pods the API
-        answered with."""
+        """Deletes first (a restart frees GPUs), then the creates in two parallel waves;
+        returns the pods the API answered with.
+
+        Wave 1 is what the pods need at admission or start (their ServiceAccount and
+        config ConfigMap) and the Role (the RBAC escalation check of the RoleBinding
+        resolves it); wave 2 is the pods, then the Service, the progress ConfigMap and the
+        RoleBinding, which only matter once the trainer runs (rendezvous and progress
+        reports retry). Two round trips instead of one per object, and as few writes as
+        possible ahead of the pods: when the API server is the bottleneck (1000 jobs at
+        once), every write queued before a job's pods delays them (bench/operator_scale.py)."""
         pods: list[Obj] = []
         deletes = [(n, False) for n in decision.delete_pods]
         deletes += [(n, True) for n in decision.force_delete_pods]
@@ -158,32 +168,44 @@ class Reconciler:
             gone = self.api.delete_pod(ns, pod_name, force=force)
             if gone is not None:
                 pods.append(gone)
-        for obj in decision.create:
-            if obj["kind"] != "Pod":
-                self.api.create_if_absent(obj)
-        workers = [obj for obj in decision.create if obj["kind"] == "Pod"]
-        futures = [self.pod_creator.submit(self.api.create_if_absent, obj) for obj in workers]
+        first = [o for o in decision.create if _before_pods(o)]
+        second = [o for o in decision.create if not _before_pods(o)]
+        second.sort(key=lambda o: o["kind"] != "Pod")  # stable: pods first, in rank order
+        for wave in (first, second):
+            for obj, created in self._create_wave(decision, wave):
+                if created is not None and obj["kind"] == "Pod":
+                    pods.append(created)
+        return pods
+
+    def _create_wave(self, decision: Decision, wave: list[Obj]) -> list[tuple[Obj, Obj | None]]:
+        """Create-if-absent every object of ``wave`` at once and wait for all of them.
+        A pod the API server refuses (400/403/422) goes to :meth:`_pod_refused`; any other
+        error is raised after the whole wave finished."""
+        if not wave:
+            return []
+        if os.environ.get(ENV_FAULT_EXIT_AFTER_CREATES):
+            # The fault-injection test counts creates: keep their order deterministic.
+            futures = [_done(self.api.create_if_absent, obj) for obj in wave]
+        else:
+            futures = [self.fanout.submit(self.api.create_if_absent, obj) for obj in wave]
+        results: list[tuple[Obj, Obj | None]] = []
         refused: tuple[Obj, ApiException] | None = None
         error: Exception | None = None
-        for obj, future in zip(workers, futures, strict=True):
+        for obj, future in zip(wave, futures, strict=True):
             try:
-                created = future.result()  # waits for every create before deciding
+                results.append((obj, future.result()))  # waits for every create
             except ApiException as e:
-                if e.status in (400, 403, 422):
+                if obj["kind"] == "Pod" and e.status in (400, 403, 422):
                     refused = refused or (obj, e)
                 else:
                     error = error or e
-                continue
             except Exception as e:
                 error = error or e
-                continue
-            if created is not None:
-                pods.append(created)
         if error is not None:
             raise error
         if refused is not None:
             self._pod_refused(decision, *refused)
-        return pods
+        return results
 
     def _pod_refused(self, decision: Decision, obj: Obj, e: ApiException) -> None:
         """The API server refused a worker pod: 422/400 can never succeed (fail the job),
@@ -233,7 +255,10 @@ class Reconciler:
         wake = self.store.wakeup(key)
         last_written: Obj | None = None
         failures = 0
-        seeded = False
+        # A job that never had a status was never reconciled: nothing of it can be in the
+        # API server that the watches will not deliver, and a leftover from an operator that
+        # died half-way is a 409 on create. Only jobs with a status start with a fresh LIST.
+        seeded = not live_body.get("status")
         try:
             while not stopped:
                 wake.clear()
@@ -241,34 +266,19 @@ class Reconciler:
                 delay: float | None
                 try:
                     if not seeded:
-                        pods, progress = await asyncio.get_running_loop().run_in_executor(
-                            self.executor, self.seed, key
-                        )
-                        self.store.replace_pods(key, pods)
-                        if progress is not None:
-                            self.store.put_progress(progress)
+                        await self._seed(key)
                         seeded = True
-                    raw = copy.deepcopy(dict(live_body))
-                    if last_written is not None and newer_or_equal(last_written, raw):
-                        raw["status"] = copy.deepcopy(last_written.get("status") or {})
-                    if (raw.get("metadata") or {}).get("deletionTimestamp"):
+                    outcome = await self._pass(key, live_body, last_written)
+                    if outcome is None:  # being deleted
                         return
-                    observed = self.store.observation(key)
-                    now = datetime.now(UTC)
-                    outcome = await asyncio.get_running_loop().run_in_executor(
-                        self.executor, self.reconcile_once, raw, observed, now
-                    )
                     if outcome.written is not None:
-                        last_written = outcome.written
-                    for pod in outcome.pods:
-                        self.store.put_pod(pod)
-                    _post_events(live_body, outcome.events)
-                    metrics.set_job_state(key, outcome.state)
+                        last_written = _version_and_status(outcome.written)
                     metrics.RECONCILES.labels(result="ok").inc()
                     failures = 0
                     delay = outcome.requeue_after
                     if outcome.deleted:
                         return
+                    del outcome  # nothing of a pass stays alive while the daemon waits
                 except Exception as e:
                     metrics.RECONCILES.labels(result="error").inc()
                     delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
@@ -285,6 +295,63 @@ class Reconciler:
         finally:
             metrics.set_job_state(key, None)
             self.store.forget(key)
+
+    async def _seed(self, key: Key) -> None:
+        pods, progress = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.seed, key
+        )
+        self.store.replace_pods(key, pods)
+        if progress is not None:
+            self.store.put_progress(progress)
+
+    async def _pass(
+        self, key: Key, live_body: Mapping[str, Any], last_written: Obj | None
+    ) -> Outcome | None:
+        """One observe -> decide -> apply pass in a worker thread; None when the job is being
+        deleted. The status it starts from is the newer of the watched body's and our own
+        last write's."""
+        raw = copy.deepcopy(dict(live_body))
+        if last_written is not None and newer_or_equal(last_written, raw):
+            raw["status"] = copy.deepcopy(last_written.get("status") or {})
+        if (raw.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        pool = self.starter if not raw.get("status") else self.executor
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            pool, self.reconcile_once, raw, self.store.observation(key), datetime.now(UTC)
+        )
+        for pod in outcome.pods:
+            self.store.put_pod(pod)
+        _post_events(live_body, outcome.events)
+        metrics.set_job_state(key, outcome.state)
+        return outcome
+
+
+def _before_pods(obj: Obj) -> bool:
+    """Created in the wave before the pods (see :meth:`Reconciler._apply`)."""
+    kind = obj["kind"]
+    if kind == "ConfigMap":
+        return bool(obj["metadata"]["labels"].get(LABEL_COMPONENT) == COMPONENT_CONFIG)
+    return kind in ("ServiceAccount", "Role")
+
+
+def _version_and_status(job: Mapping[str, Any]) -> Obj:
+    """What the daemon keeps of its own last status write: the whole answer (managedFields,
+    spec) would be a second copy of every job in memory."""
+    meta = job.get("metadata") or {}
+    return {
+        "metadata": {"resourceVersion": meta.get("resourceVersion")},
+        "status": job.get("status"),
+    }
+
+
+def _done(fn: Callable[[Obj], Obj | None], obj: Obj) -> Future[Obj | None]:
+    """``fn(obj)`` run now, as a finished future (the sequential path of a wave)."""
+    future: Future[Obj | None] = Future()
+    try:
+        future.set_result(fn(obj))
+    except Exception as e:
+        future.set_exception(e)
+    return future
 
 
 def _post_events(live_body: Mapping[str, Any], events: list[Event]) -> None:

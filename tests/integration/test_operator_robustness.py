@@ -45,13 +45,14 @@ PEERING_OBJECT = {
 def test_killed_half_way_then_restarted_creates_nothing_twice(
     cluster: Cluster, kube: Kube, namespace: str, op_kubeconfig: Path, tmp_path: Path
 ) -> None:
-    # The first operator dies (exit 137, as if SIGKILLed) right after its 8th create: the six
-    # per-job objects and 2 of the 4 pods exist, no status was written.
+    # The first operator dies (exit 137, as if SIGKILLed) right after its 5th create: what the
+    # pods need (ServiceAccount, Role, config ConfigMap) and 2 of the 4 pods exist; the
+    # Service, the progress ConfigMap and the RoleBinding do not; no status was written.
     crashing = OperatorProcess(
         op_kubeconfig,
         tmp_path / "crash.log",
         namespace=namespace,
-        env={ENV_FAULT_EXIT_AFTER_CREATES: "8"},
+        env={ENV_FAULT_EXIT_AFTER_CREATES: "5"},
     ).start()
     kube.create_job(namespace, job_manifest("crash", nodes=4, delay="3s"))
     assert crashing.proc is not None
@@ -59,6 +60,8 @@ def test_killed_half_way_then_restarted_creates_nothing_twice(
     half = kube.pods(namespace, "crash")
     assert len(half) == 2, [p["metadata"]["name"] for p in half]
     assert "state" not in kube.status(namespace, "crash")
+    selector = ("-n", namespace, "-l", "kubegraft.io/job-name=crash", "-o", "name")
+    assert cluster.kubectl("get", "services,rolebindings", *selector).stdout.split() == []
 
     with OperatorProcess(op_kubeconfig, tmp_path / "after.log", namespace=namespace):
         done = wait_for(
