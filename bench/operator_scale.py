@@ -36,6 +36,8 @@ import argparse
 import contextlib
 import json
 import math
+import multiprocessing
+import os
 import re
 import secrets
 import shutil
@@ -49,7 +51,7 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,10 +125,20 @@ class RoundResult:
     jobs_running: int
     operator_cpu_seconds: float
     operator_peak_rss_mb: float
+    operator_idle_rss_mb: float
+    """VmRSS after start-up, before the first job (imports, watches, caches of nodes)."""
     api_requests_per_job: float
     operator_requests_per_job: float
     reconciles_per_job: float
     reconcile_mean_ms: float
+    floor: bool = False
+    """A round of the floor controller (pods only), not of the operator."""
+
+    @property
+    def complete(self) -> bool:
+        """Every job got its pods and (operator rounds) reached Running."""
+        return self.all_pods.n == self.jobs and (self.floor or self.jobs_running == self.jobs)
+
     top_requests: list[tuple[str, float]] = field(default_factory=list)
     latency_ms: list[tuple[str, float]] = field(default_factory=list)
 
@@ -201,12 +213,21 @@ class ApiCounts:
         return 1000 * self.seconds_by_kind.get(kind, 0.0) / n if n else math.nan
 
 
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM: the process's peak resident set size so far."""
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return math.nan
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the process's peak resident set size so far."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS: the process's resident set size now."""
+    return _status_mb(pid, "VmRSS")
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -395,6 +416,32 @@ def job_manifest(name: str) -> dict[str, Any]:
     }
 
 
+def submit_jobs(
+    kubeconfig: str, namespace: str, names: list[str], workers: int
+) -> dict[str, float]:
+    """Create the jobs from ``workers`` threads; when each create request was sent
+    (``time.monotonic()``, the system-wide CLOCK_MONOTONIC on Linux, so the parent process's
+    watch stamps compare with it)."""
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    api.configuration.connection_pool_maxsize = max(workers, 8) + 4
+    api = client.ApiClient(api.configuration)
+    custom = client.CustomObjectsApi(api)
+    created: dict[str, float] = {}
+
+    def create(name: str) -> None:
+        created[name] = time.monotonic()
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, job_manifest(name)
+        )
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(create, names))
+    api.close()  # type: ignore[no-untyped-call]
+    return created
+
+
 def run_round(
     cluster: devcluster.Cluster,
     op_kubeconfig: Path,
@@ -405,6 +452,7 @@ def run_round(
     work_dir: Path,
     operator_env: dict[str, str],
     profile_dir: Path | None = None,
+    floor: bool = False,
 ) -> RoundResult:
     ns = f"bench-{n}-{secrets.token_hex(2)}"
     cluster.kubectl("create", "namespace", ns)
@@ -413,34 +461,56 @@ def run_round(
     cfg = api_tmp.configuration
     cfg.connection_pool_maxsize = max(workers, 8) + 4
     api = client.ApiClient(cfg)
-    custom = client.CustomObjectsApi(api)
-    op = OperatorProcess(
-        op_kubeconfig, work_dir / f"operator-{n}.log", namespace=ns, env=operator_env
-    )
-    op.start().wait_healthy(120)
-    proc = psutil.Process(op.proc.pid)  # type: ignore[union-attr]
+    op: OperatorProcess | None = None
+    floor_proc: subprocess.Popen[str] | None = None
+    if floor:
+        # The floor: only the pods, from a bare controller with the operator's credentials
+        # (same RBAC and API Priority and Fairness flow as the operator).
+        floor_proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "floor_controller.py"), "--namespace", ns],
+            env={**os.environ, "KUBECONFIG": str(op_kubeconfig)},
+            stdout=subprocess.PIPE,
+            stderr=(work_dir / f"floor-{n}.log").open("w"),
+            text=True,
+        )
+        assert floor_proc.stdout is not None
+        floor_proc.stdout.readline()  # "floor controller watching NS": its watch is open
+        proc = psutil.Process(floor_proc.pid)
+    else:
+        op = OperatorProcess(
+            op_kubeconfig, work_dir / f"operator-{n}.log", namespace=ns, env=operator_env
+        )
+        op.start().wait_healthy(120)
+        proc = psutil.Process(op.proc.pid)  # type: ignore[union-attr]
     rec = Recorder(api, ns)
     rec.start()
     spy = Profiler(proc.pid, profile_dir / f"operator-{n}.txt") if profile_dir else None
     try:
         time.sleep(1.0)  # let the operator's watches settle (its start-up is not measured)
+        rss_idle = rss_mb(proc.pid)
         before = ApiCounts.read(server, ctx)
         cpu0 = cpu_seconds(proc)
-        created: dict[str, float] = {}
         names = [f"job-{i:05d}" for i in range(n)]
-
-        def create(name: str) -> None:
-            created[name] = time.monotonic()
-            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, job_manifest(name))
-
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(create, names))
+        # The creates come from another process: in this one, 16 threads of TLS and JSON held
+        # the GIL so long that the watches stamped milestones seconds late. (spawn, not fork:
+        # this process has watch threads running.)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as sender:
+            sender.submit(time.monotonic).result()  # started and warm before the clock runs
+            t0 = time.monotonic()
+            created = sender.submit(
+                submit_jobs, str(cluster.kubeconfig), ns, names, workers
+            ).result()
         submit = time.monotonic() - t0
-        log(f"{n} jobs: created in {submit:.1f}s; waiting for Running")
+        log(f"{n} jobs: created in {submit:.1f}s; waiting for " + ("pods" if floor else "Running"))
         deadline = time.monotonic() + timeout
         last_note = 0.0
-        while len(rec.job_running) < n and time.monotonic() < deadline:
+
+        def finished() -> int:
+            if floor:
+                return sum(1 for j in names if rec.all_pods_at(j) is not None)
+            return len(rec.job_running)
+
+        while finished() < n and time.monotonic() < deadline:
             time.sleep(0.25)
             if time.monotonic() - last_note > 10:
                 last_note = time.monotonic()
@@ -453,13 +523,19 @@ def run_round(
             log(f"py-spy profile of the operator ({spy.out}):\n{spy.summary()}")
         rss = peak_rss_mb(proc.pid)
         diff = ApiCounts.read(server, ctx).minus(before)
-        reconciles = op.metric("kubegraft_operator_reconcile_duration_seconds_count")
-        reconcile_sum = op.metric("kubegraft_operator_reconcile_duration_seconds_sum")
+        reconciles = reconcile_sum = math.nan
+        if op is not None:
+            reconciles = op.metric("kubegraft_operator_reconcile_duration_seconds_count")
+            reconcile_sum = op.metric("kubegraft_operator_reconcile_duration_seconds_sum")
     finally:
         if spy is not None:
             spy.stop()
         rec.close()
-        op.stop()
+        if op is not None:
+            op.stop()
+        if floor_proc is not None:
+            floor_proc.terminate()
+            floor_proc.wait(30)
         api.close()  # type: ignore[no-untyped-call]
         api_tmp.close()  # type: ignore[no-untyped-call]
     if rec.errors:
@@ -487,10 +563,12 @@ def run_round(
         jobs_running=len(rec.job_running),
         operator_cpu_seconds=cpu,
         operator_peak_rss_mb=rss,
+        operator_idle_rss_mb=rss_idle,
         api_requests_per_job=diff.total / n,
         operator_requests_per_job=diff.operator / n,
         reconciles_per_job=reconciles / n,
         reconcile_mean_ms=1000 * reconcile_sum / reconciles if reconciles else math.nan,
+        floor=floor,
         top_requests=[(k, v / n) for k, v in diff.by_kind.most_common(12)],
         latency_ms=[
             (k, diff.mean_ms(k))
@@ -502,6 +580,7 @@ def run_round(
 
 # ----------------------------------------------------------------------------- report
 COLUMNS = (
+    ("run", 8),
     ("jobs", 5),
     ("pods p50", 8),
     ("pods p99", 8),
@@ -512,6 +591,7 @@ COLUMNS = (
     ("running", 7),
     ("op CPU s", 8),
     ("op RSS MB", 9),
+    ("idle RSS", 8),
     ("API req/job", 11),
     ("op req/job", 10),
     ("submit s", 8),
@@ -525,6 +605,7 @@ def table(results: list[RoundResult]) -> str:
     lines = [head, "-" * len(head)]
     for r in results:
         cells = (
+            "floor" if r.floor else "operator",
             f"{r.jobs}",
             f"{r.all_pods.p50:.2f}",
             f"{r.all_pods.p99:.2f}",
@@ -535,6 +616,7 @@ def table(results: list[RoundResult]) -> str:
             f"{r.jobs_running}",
             f"{r.operator_cpu_seconds:.1f}",
             f"{r.operator_peak_rss_mb:.0f}",
+            f"{r.operator_idle_rss_mb:.0f}",
             f"{r.api_requests_per_job:.1f}",
             f"{r.operator_requests_per_job:.1f}",
             f"{r.submit_seconds:.1f}",
@@ -554,11 +636,12 @@ def where_the_time_goes(results: list[RoundResult]) -> str:
             ("4th pod -> all 4 Running (scheduler, kwok)", r.pods_running),
             ("all 4 Running -> status Running (operator)", r.status_lag),
         )
-        lines.append(f"where the time goes at {r.jobs} jobs (p50 / p99 seconds per job):")
+        who = "floor controller" if r.floor else "operator"
+        lines.append(f"where the time goes at {r.jobs} jobs, {who} (p50 / p99 seconds per job):")
         lines += [f"  {label:<44} {d.p50:6.2f} / {d.p99:6.2f}" for label, d in legs]
         cpu_ms = r.operator_cpu_seconds / r.jobs * 1000
         lines.append(
-            f"  operator: {cpu_ms:.0f} ms CPU per job;"
+            f"  {who}: {cpu_ms:.0f} ms CPU per job;"
             f" {r.reconciles_per_job:.1f} reconciles per job,"
             f" {r.reconcile_mean_ms:.0f} ms each on average"
         )
@@ -619,6 +702,14 @@ def main(argv: list[str] | None = None) -> int:
         help="record the operator with py-spy (raw stacks in DIR) and print the top frames",
     )
     parser.add_argument(
+        "--logs", default=None, metavar="DIR", help="keep the operator's logs in DIR"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="after each operator round, the same jobs for bench/floor_controller.py (pods only)",
+    )
+    parser.add_argument(
         "--reconcile-threads",
         type=int,
         default=None,
@@ -638,9 +729,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[RoundResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="kubegraft-bench-work-") as work,
-        control_plane(args, sum(sizes) * NODES_PER_JOB) as cluster,
+        control_plane(args, sum(sizes) * NODES_PER_JOB * (2 if args.floor else 1)) as cluster,
     ):
-        work_dir = Path(work)
+        work_dir = Path(args.logs or work)
+        work_dir.mkdir(parents=True, exist_ok=True)
         if args.reconcile_threads:
             operator_env["KUBEGRAFT_OPERATOR_RECONCILE_THREADS"] = str(args.reconcile_threads)
         for path in sorted((ROOT / "manifests" / "crd").glob("*.yaml")):
@@ -652,33 +744,40 @@ def main(argv: list[str] | None = None) -> int:
             cluster.kubectl, cluster.kubeconfig, work_dir / "operator.kubeconfig"
         )
         for n in sizes:
-            log(f"round: {n} jobs x {NODES_PER_JOB} nodes")
-            r = run_round(
-                cluster,
-                op_kubeconfig,
-                n,
-                workers=args.workers,
-                timeout=args.timeout,
-                work_dir=work_dir,
-                operator_env=operator_env,
-                profile_dir=Path(args.profile) if args.profile else None,
-            )
-            results.append(r)
-            if args.cluster:  # someone else's cluster: leave it as it was
-                cluster.kubectl("delete", "namespace", r.namespace, "--wait=false", check=False)
-            print(table([r]), flush=True)
-            if r.jobs_running < n:
-                log(
-                    f"only {r.jobs_running}/{n} jobs reached Running; operator log tail:\n"
-                    + (work_dir / f"operator-{n}.log").read_text(errors="replace")[-3000:]
+            for floor in (False, True) if args.floor else (False,):
+                who = "the floor controller (pods only)" if floor else "the operator"
+                log(f"round: {n} jobs x {NODES_PER_JOB} nodes, {who}")
+                r = run_round(
+                    cluster,
+                    op_kubeconfig,
+                    n,
+                    workers=args.workers,
+                    timeout=args.timeout,
+                    work_dir=work_dir,
+                    operator_env=operator_env,
+                    profile_dir=Path(args.profile) if args.profile else None,
+                    floor=floor,
                 )
+                results.append(r)
+                if args.cluster:  # someone else's cluster: leave it as it was
+                    cluster.kubectl("delete", "namespace", r.namespace, "--wait=false", check=False)
+                print(table([r]), flush=True)
+                if not r.complete:
+                    log(
+                        f"round incomplete ({r.jobs_running}/{n} Running, {r.all_pods.n} with pods)"
+                    )
+                    if not floor:
+                        log(
+                            "operator log tail:\n"
+                            + (work_dir / f"operator-{n}.log").read_text(errors="replace")[-3000:]
+                        )
     print()
     print(table(results))
     print()
     print(where_the_time_goes(results))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
-    return 0 if all(r.jobs_running == r.jobs for r in results) else 1
+    return 0 if all(r.complete for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Keeps ``bench/operator_scale.py`` working: its ``--quick`` mode (10 jobs of 4 nodes) on the
-session's control plane, with the real operator. It checks that the benchmark runs and measures
-something sensible; the numbers themselves are not judged here (the machine is shared)."""
+"""Keeps ``bench/operator_scale.py`` working: its ``--quick --floor`` mode (10 jobs of 4 nodes
+with the real operator, then 10 more with the pods-only floor controller) on the session's
+control plane. It checks that the benchmark runs and measures something sensible; the numbers
+themselves are not judged here (the machine is shared)."""
 
 from __future__ import annotations
 
@@ -25,22 +26,26 @@ def test_operator_scale_quick_mode_measures_ten_jobs(
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "operator")])}
     proc = subprocess.run(
-        [sys.executable, str(root / "bench" / "operator_scale.py"), "--quick",
+        [sys.executable, str(root / "bench" / "operator_scale.py"), "--quick", "--floor",
          "--cluster", str(cluster.state_dir), "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=800, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "where the time goes at 10 jobs" in proc.stdout
-    (r,) = json.loads(out.read_text())
-    assert (r["jobs"], r["jobs_running"]) == (10, 10)
+    r, floor = json.loads(out.read_text())
+    assert (r["floor"], r["jobs"], r["jobs_running"]) == (False, 10, 10)
     pods, running = r["all_pods"], r["running"]
     assert pods["n"] == running["n"] == 10
     assert 0 < pods["p50"] <= pods["p99"] <= pods["max"]
     # A job is Running only after all of its pods exist (and kwok started them).
     assert running["p50"] >= pods["p50"]
     assert r["operator_cpu_seconds"] > 0
-    assert 50 < r["operator_peak_rss_mb"] < 2000
+    assert 30 < r["operator_idle_rss_mb"] <= r["operator_peak_rss_mb"] < 2000
     # The operator creates at least 4 pods + 6 infrastructure objects per job, and others
     # (scheduler bindings, kwok status patches) add more.
     assert r["operator_requests_per_job"] >= 10
     assert r["api_requests_per_job"] > r["operator_requests_per_job"]
+    # The floor controller only creates the pods: every job gets its 4, none gets a status.
+    assert (floor["floor"], floor["jobs"], floor["jobs_running"]) == (True, 10, 0)
+    assert floor["all_pods"]["n"] == 10
+    assert 4 <= floor["operator_requests_per_job"] < r["operator_requests_per_job"]
