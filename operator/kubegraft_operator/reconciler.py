@@ -310,7 +310,7 @@ class Reconciler:
         """One observe -> decide -> apply pass in a worker thread; None when the job is being
         deleted. The status it starts from is the newer of the watched body's and our own
         last write's."""
-        raw = copy.deepcopy(dict(live_body))
+        raw = _snapshot(live_body)
         if last_written is not None and newer_or_equal(last_written, raw):
             raw["status"] = copy.deepcopy(last_written.get("status") or {})
         if (raw.get("metadata") or {}).get("deletionTimestamp"):
@@ -324,6 +324,21 @@ class Reconciler:
         _post_events(live_body, outcome.events)
         metrics.set_job_state(key, outcome.state)
         return outcome
+
+
+def _snapshot(body: Mapping[str, Any]) -> Obj:
+    """A private copy of the job for a pass in a worker thread (kopf keeps updating the live
+    body), without ``managedFields``: no pass reads them, and they were the bulk of the copy."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return copy.deepcopy(
+        {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": meta,
+            "spec": body.get("spec"),
+            "status": body.get("status") or {},
+        }
+    )
 
 
 def _before_pods(obj: Obj) -> bool:

@@ -1,0 +1,31 @@
+"""The kopf settings the operator relies on, checked without a cluster."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+import kubegraft_operator.main  # noqa: F401  (registers the handlers)
+from kubegraft_operator import settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_no_change_handlers_so_no_diff_base_is_needed() -> None:
+    # NoDiffBase gives kopf an empty essence: on.create/on.update/on.field handlers would
+    # never see a change. Only daemons and on.event watches may be registered.
+    registry = kopf.get_default_registry()
+    assert list(registry._changing.get_all_handlers()) == []
+    assert [h.id for h in registry._spawning.get_all_handlers()] == ["reconcile"]
+    assert len(list(registry._watching.get_all_handlers())) == 4
+
+
+def test_configure_uses_our_storages_and_a_distinct_peering_priority() -> None:
+    ops = kopf.OperatorSettings()
+    settings.configure(ops)
+    assert isinstance(ops.persistence.diffbase_storage, settings.NoDiffBase)
+    assert ops.persistence.finalizer == settings.FINALIZER
+    assert ops.peering.priority != 0  # a tie would pause every replica
+    body = kopf.Body({"metadata": {"name": "j", "annotations": {"a": "b"}}, "spec": {"x": 1}})
+    assert ops.persistence.diffbase_storage.build(body=body) == {}
+    assert ops.persistence.diffbase_storage.fetch(body=body) is None
