@@ -7,12 +7,14 @@ happens to a Running pod by label, whether or not a Job owns it:
 
     metadata:
       labels:
-        kubegraft.io/test-outcome: succeed | fail | run
+        kubegraft.io/test-outcome: succeed | fail | run | image-pull-error
       annotations:
         kubegraft.io/test-delay: "3s"        # Go duration; how long it runs first (default 0s)
         kubegraft.io/test-exit-code: "137"   # for fail (default 1)
 
 ``run`` keeps the pod Running even when a Job owns it (the stock Stage would complete it).
+``image-pull-error`` acts on the Pending pod instead: it stays Pending with its containers
+waiting in ``ImagePullBackOff``, as a kubelet reports an image that cannot be pulled.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ DELAY_ANNOTATION = "kubegraft.io/test-delay"
 """Pod annotation: how long the pod stays Running before its outcome (Go duration, e.g. 3s)."""
 EXIT_CODE_ANNOTATION = "kubegraft.io/test-exit-code"
 """Pod annotation: the containers' exit code when the outcome is ``fail`` (default 1)."""
-OUTCOMES = ("succeed", "fail", "run")
+OUTCOMES = ("succeed", "fail", "run", "image-pull-error")
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 """kwok manages nodes annotated ``kwok.x-k8s.io/node=fake`` (``--manage-nodes-with-...``)."""
@@ -85,7 +87,9 @@ def _container_statuses(state: str) -> str:
     )
 
 
-def _outcome_stage(outcome: str, next_: dict[str, Any]) -> dict[str, Any]:
+def _outcome_stage(
+    outcome: str, next_: dict[str, Any], *, phase: str = "Running"
+) -> dict[str, Any]:
     return {
         "apiVersion": "kwok.x-k8s.io/v1alpha1",
         "kind": "Stage",
@@ -96,7 +100,7 @@ def _outcome_stage(outcome: str, next_: dict[str, Any]) -> dict[str, Any]:
                 "matchLabels": {OUTCOME_LABEL: outcome},
                 "matchExpressions": [
                     {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
-                    {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                    {"key": ".status.phase", "operator": "In", "values": [phase]},
                 ],
             },
             "weight": OUTCOME_WEIGHT,
@@ -125,6 +129,28 @@ def outcome_stages() -> list[dict[str, Any]]:
         + _container_statuses("      exitCode: {{ $code }}\n      reason: Error\n")
         + "phase: Failed\n"
     )
+    # No timestamps: applying it again is a no-op patch (no new watch event), so the Stage
+    # settles instead of re-firing, and it keeps winning over the stock pod-ready Stage.
+    image_pull_error = (
+        "phase: Pending\n"
+        "conditions:\n"
+        "- type: PodScheduled\n  status: 'True'\n"
+        "- type: Initialized\n  status: 'True'\n"
+        "- type: Ready\n  status: 'False'\n  reason: ContainersNotReady\n"
+        "- type: ContainersReady\n  status: 'False'\n  reason: ContainersNotReady\n"
+        "containerStatuses:\n"
+        "{{ range .spec.containers }}\n"
+        "- image: {{ .image | Quote }}\n"
+        "  name: {{ .name | Quote }}\n"
+        "  ready: false\n"
+        "  restartCount: 0\n"
+        "  started: false\n"
+        "  state:\n"
+        "    waiting:\n"
+        "      reason: ImagePullBackOff\n"
+        '      message: {{ printf "Back-off pulling image %q" .image | Quote }}\n'
+        "{{ end }}\n"
+    )
     return [
         _outcome_stage("succeed", {"statusTemplate": succeed}),
         _outcome_stage("fail", {"statusTemplate": fail}),
@@ -139,4 +165,5 @@ def outcome_stages() -> list[dict[str, Any]]:
                 }
             },
         ),
+        _outcome_stage("image-pull-error", {"statusTemplate": image_pull_error}, phase="Pending"),
     ]

@@ -164,6 +164,39 @@ def test_unschedulable_gang_is_pending_then_fails_after_startup_timeout(
     assert ("Warning", "Unschedulable") in kube.events(namespace, "toobig")
 
 
+def test_image_pull_error_is_pending_then_fails_after_startup_timeout(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    # kwok plays a kubelet that cannot pull the image: the scheduled pods stay Pending with
+    # their containers waiting in ImagePullBackOff (outcome image-pull-error).
+    kube.create_job(
+        namespace,
+        job_manifest(
+            "nopull",
+            nodes=2,
+            outcome="image-pull-error",
+            delay="0s",
+            run_policy={"startupTimeoutSeconds": 12},
+        ),
+    )
+    pending = wait_for(
+        lambda: (s := kube.status(namespace, "nopull")).get("reason") == "ImagePullBackOff" and s,
+        WAIT,
+        message="Pending ImagePullBackOff",
+    )
+    assert pending["state"] == "Pending"
+    assert "Back-off pulling image" in pending["message"], pending["message"]
+    done = wait_for(lambda: state_is(kube, namespace, "nopull", "Failed"), WAIT, message="Failed")
+    assert done["reason"] == "ImagePullBackOff"
+    assert ("Warning", "ImagePullBackOff") in kube.events(namespace, "nopull")
+    # The failed gang's pods are deleted: nothing is left waiting on the nodes.
+    wait_for(
+        lambda: all(p["metadata"].get("deletionTimestamp") for p in kube.pods(namespace, "nopull")),
+        WAIT,
+        message="pods deleted",
+    )
+
+
 def test_partial_gang_never_counts_as_running(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:

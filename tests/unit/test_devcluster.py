@@ -41,6 +41,12 @@ def test_outcome_stages_select_by_label_and_beat_the_stock_stages() -> None:
     assert "phase: Failed" in fail
     assert "phase: Succeeded" in stages["kubegraft-test-succeed"]["next"]["statusTemplate"]
     assert "statusTemplate" not in stages["kubegraft-test-run"]["next"]
+    pull = stages["kubegraft-test-image-pull-error"]
+    assert {"key": ".status.phase", "operator": "In", "values": ["Pending"]} in (
+        pull["selector"]["matchExpressions"]
+    )
+    assert "reason: ImagePullBackOff" in pull["next"]["statusTemplate"]
+    assert "Now" not in pull["next"]["statusTemplate"]  # no timestamps: re-applying is a no-op
 
 
 def test_kubeconfig_points_at_the_server_with_client_certificates(tmp_path: Path) -> None:
