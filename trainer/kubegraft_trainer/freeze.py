@@ -45,7 +45,7 @@ from kubegraft_trainer.blocks import (
     part_of,
 )
 from kubegraft_trainer.lora import is_lora_param
-from kubegraft_trainer.model_summary import parameter_table
+from kubegraft_trainer.model_summary import param_numel, parameter_table
 
 _FROZEN_BN = "_kubegraft_frozen_bn"
 
@@ -288,12 +288,14 @@ class FreezePolicy:
         self.stage = stage
 
     def counts(self, model: nn.Module) -> tuple[int, int]:
-        """(trainable, total) parameter counts as ``requires_grad`` stands now."""
+        """(trainable, total) parameter counts as ``requires_grad`` stands now (full sizes,
+        also of parameters ZeRO-3 has partitioned)."""
         total = trainable = 0
         for _, p in model.named_parameters():
-            total += p.numel()
+            n = param_numel(p)
+            total += n
             if p.requires_grad:
-                trainable += p.numel()
+                trainable += n
         return trainable, total
 
     def summary_table(self, model: nn.Module) -> str:

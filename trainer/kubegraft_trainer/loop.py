@@ -70,7 +70,7 @@ from kubegraft_trainer.feature_cache import (
 )
 from kubegraft_trainer.freeze import FreezePolicy
 from kubegraft_trainer.metrics_exporter import TrainingMetrics
-from kubegraft_trainer.pretrained import ModelBundle, load_model
+from kubegraft_trainer.pretrained import ModelBundle, load_model, without_zero3_init
 from kubegraft_trainer.signals import PreemptionFlag
 
 log = logging.getLogger(__name__)
@@ -856,8 +856,11 @@ class Trainer:
                 ds = self.spec.distributed.deepspeed
                 if state_dict is not None and ds is not None and ds.zero_stage == 3:
                     # ZeRO-3 partitioned the module's parameters in place (empty tensors
-                    # here): export into a fresh, unpartitioned copy of the architecture.
-                    model = load_model(self.spec, num_labels=self.num_labels).model
+                    # here): export into a fresh, unpartitioned copy of the architecture,
+                    # built whole on this rank alone (no zero.Init, whose broadcasts would
+                    # wait for the other ranks).
+                    with without_zero3_init():
+                        model = load_model(self.spec, num_labels=self.num_labels).model
                 self.bundle.export(
                     model, model_dir, labels=self.label_names or None, state_dict=state_dict
                 )

@@ -3,6 +3,11 @@
 Rows follow the model's :class:`~kubegraft_trainer.blocks.BlockLayout` bottom to top
 (embeddings, each block, the backbone's top, the new head, anything else), so a user sees at a
 glance what a freezing policy left trainable. Pure: counts ``requires_grad`` as it stands.
+
+Under DeepSpeed ZeRO-3 a parameter built inside ``deepspeed.zero.Init`` (a Hugging Face
+``from_pretrained`` with ZeRO-3 on, and the head built beside it) holds only this rank's
+partition, often nothing: ``numel()`` is 0 and the full size is ``ds_numel``.
+:func:`param_numel` counts the full size either way.
 """
 
 from __future__ import annotations
@@ -10,9 +15,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from kubegraft_trainer.blocks import EMBEDDINGS, HEAD, OTHER, TOP, BlockLayout, block_of
+
+
+def param_numel(p: torch.Tensor) -> int:
+    """The parameter's full number of elements, also when ZeRO-3 has partitioned it away."""
+    return int(getattr(p, "ds_numel", p.numel()))
 
 
 @dataclass(frozen=True)
@@ -31,9 +42,10 @@ def parameter_counts(model: nn.Module, layout: BlockLayout) -> list[BlockCount]:
     )
     for name, p in model.named_parameters():
         cell = rows.setdefault(block_of(layout, name), [0, 0])
-        cell[1] += p.numel()
+        n = param_numel(p)
+        cell[1] += n
         if p.requires_grad:
-            cell[0] += p.numel()
+            cell[0] += n
     return [BlockCount(_short(r), t, n) for r, (t, n) in rows.items() if n]
 
 

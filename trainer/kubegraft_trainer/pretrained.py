@@ -32,7 +32,8 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,7 @@ from kubegraft_trainer.blocks import BlockLayout
 from kubegraft_trainer.errors import ConfigError
 from kubegraft_trainer.heads import build_head
 from kubegraft_trainer.lora import add_lora_adapters, default_text_targets, has_lora, merge_lora
+from kubegraft_trainer.model_summary import param_numel
 from kubegraft_trainer.transfer_model import CausalLMModel, ModelKind, TextBackbone, TransferModel
 from kubegraft_trainer.uris import HF_SCHEME, is_hub_uri, resolve_uri
 
@@ -418,7 +420,8 @@ def _load_huggingface(path: Path, mspec: ModelSpec, num_labels: int | None) -> M
         )
     assert num_labels is not None
     backbone = TextBackbone(hf)
-    head = build_head(mspec.head, in_features=backbone.hidden_size, num_labels=num_labels)
+    with zero3_init_like(hf):
+        head = build_head(mspec.head, in_features=backbone.hidden_size, num_labels=num_labels)
     model = TransferModel(backbone, head, kind="text", num_labels=num_labels)
     return ModelBundle(
         model=model,
@@ -432,6 +435,58 @@ def _load_huggingface(path: Path, mspec: ModelSpec, num_labels: int | None) -> M
         architecture=model_type,
         head_spec=mspec.head,
     )
+
+
+def is_zero3_partitioned(module: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 has partitioned ``module``'s parameters (``zero.Init``)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def zero3_init_like(module: nn.Module) -> AbstractContextManager[Any]:
+    """Where to build new layers that go beside ``module``: inside ``deepspeed.zero.Init`` with
+    the same DeepSpeed config if ``module`` was built there, else nowhere special.
+
+    With ZeRO-3 on (Accelerate's DeepSpeed plugin registers the config with transformers),
+    ``from_pretrained`` builds the backbone inside ``zero.Init``: every parameter is
+    partitioned across the ranks as it is made and stored in the config's precision (bf16 or
+    fp16). A head made outside would stay whole and fp32, and DeepSpeed neither casts a model
+    that is already partly partitioned nor mixes precisions in one ZeRO-3 flat buffer (it
+    asserts in ``defragment``). Built in the same ``zero.Init`` the head is partitioned and
+    cast like the backbone, and initialised identically on every rank (rank 0's values are
+    broadcast) -- exactly how transformers builds the classifier of its own
+    ``AutoModelForSequenceClassification`` under ZeRO-3.
+    """
+    if not is_zero3_partitioned(module):
+        return nullcontext()
+    import deepspeed
+    from transformers.integrations.deepspeed import deepspeed_config
+
+    config = deepspeed_config()  # type: ignore[no-untyped-call]
+    if config is None:  # pragma: no cover - partitioned, so the config was registered
+        raise RuntimeError("the backbone is ZeRO-3 partitioned but no DeepSpeed config is set")
+    return deepspeed.zero.Init(config_dict_or_path=config)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def without_zero3_init() -> Iterator[None]:
+    """Build models whole, as without DeepSpeed, even while a ZeRO-3 config is registered.
+
+    transformers' ``from_pretrained`` builds inside ``deepspeed.zero.Init`` whenever a ZeRO-3
+    config is registered (``is_deepspeed_zero3_enabled``); ``zero.Init`` broadcasts every new
+    parameter, a collective, so a model loaded on one rank only (the export copy) would wait
+    for ranks that never join. (Accelerate's ``zero3_init_context_manager(enable=False)``
+    re-registers the config, which still reads as ZeRO-3, so it cannot be used here.)
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    config = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)  # type: ignore[no-untyped-call]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -488,7 +543,7 @@ def hf_layout(model: nn.Module, *, inner: str, head_module: nn.Module | None) ->
     for name, module in hf.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0:
             kinds = {type(m) for m in module}
-            size = sum(p.numel() for p in module.parameters())
+            size = sum(param_numel(p) for p in module.parameters())  # ZeRO-3: numel() is 0
             if len(kinds) == 1 and (best is None or size > best[0]):
                 best = (size, name, module)
     blocks = [f"{inner}.{best[1]}.{i}" for i in range(len(best[2]))] if best else []
