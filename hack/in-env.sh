@@ -6,6 +6,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 venv=$("$here/venv.sh" | tail -1)
 export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH"
+# The venv is shared by every checkout with this pyproject.toml, and its editable install maps
+# our packages to whichever checkout created it: this checkout's code must win.
+root=$(cd "$here/.." && pwd)
+export PYTHONPATH="$root:$root/operator:$root/trainer${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${1:-}" = "--binaries" ]; then
   shift
   KUBEGRAFT_BIN_DIR=$("$here/build-binaries.sh" | tail -1)

@@ -56,7 +56,10 @@ setup_venv() {
   out=$(hack/venv.sh) || return $?
   venv=$(tail -1 <<<"$out")
   export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH"
-  echo "venv: $venv ($(python --version))"
+  # The venv is shared by every checkout with this pyproject.toml, and its editable install
+  # maps our packages to whichever checkout created it: this checkout's code must win.
+  export PYTHONPATH="$root:$root/operator:$root/trainer${PYTHONPATH:+:$PYTHONPATH}"
+  echo "venv: $venv ($(python --version)); code from $root"
 }
 
 setup_binaries() {

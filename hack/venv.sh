@@ -6,6 +6,9 @@
 # uv installs everything (the package editable with its operator, trainer and assets extras,
 # the dev group, then deepspeed without build isolation, as its setup.py imports torch); uv's
 # own cache (~/.cache/uv) makes even a new venv quick once the wheels were downloaded.
+# The editable install points at the checkout that created the venv; hack/test.sh and
+# hack/in-env.sh put the calling checkout first on PYTHONPATH, so every checkout runs its own code
+# (tests/unit/test_layering.py checks it).
 # Progress goes to stderr; the last stdout line is the venv path.
 set -euo pipefail
 

@@ -122,3 +122,15 @@ def test_trainer_never_imports_kopf() -> None:
     loaded = imported_after("kubegraft_trainer")
     assert "kubegraft_trainer" in loaded
     assert not loaded & {"kopf", "kubegraft_operator"}
+
+
+def test_the_packages_come_from_this_checkout() -> None:
+    # The cached venv is shared by every checkout with the same pyproject.toml, and its editable
+    # install maps the packages to the checkout that created it. hack/test.sh puts this
+    # checkout first on PYTHONPATH; without that a clean checkout would test another's code.
+    import kubegraft
+    import kubegraft_operator
+    import kubegraft_trainer
+
+    for module in (kubegraft, kubegraft_operator, kubegraft_trainer):
+        assert Path(str(module.__file__)).resolve().is_relative_to(ROOT), module.__file__
