@@ -28,8 +28,12 @@ How a pod becomes a local process (the differences from a node are the point of 
   pod, as a projected token does), and handed over as ``KUBEGRAFT_API_SERVER`` /
   ``KUBEGRAFT_API_TOKEN`` / ``KUBEGRAFT_CA_FILE`` (read by :mod:`kubegraft.progress`): RBAC on
   the API server is the real one.
-- **Termination**: a pod that gets a deletionTimestamp (or disappears) has its process group
-  sent SIGTERM, then SIGKILL after ``min(deletionGracePeriodSeconds, max_grace)``.
+- **Termination**: a pod that gets a deletionTimestamp (or disappears) has its processes sent
+  SIGTERM, then SIGKILL after ``min(deletionGracePeriodSeconds, max_grace)``. "Its processes"
+  is the whole tree, as a container runtime kills the whole container: torchrun starts its
+  workers in sessions of their own, which a process-group signal misses (a SIGKILLed rank's
+  worker used to live on and keep training with the old gang). When the command exits, every
+  process it leaves behind is killed, as when a container's PID 1 exits.
 - **Exit codes**: a process killed by signal N reports ``128 + N`` (SIGKILL: 137), as the
   container runtime does.
 
@@ -58,6 +62,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -121,14 +126,50 @@ class LocalPod:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    tree: list[psutil.Process] = field(default_factory=list)
+    """The container's processes as last seen: the command and all its descendants."""
+
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Whether any process of the container is alive (not only its first one)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return True
+        return any(_alive(p) for p in self.tree)
+
+    def refresh_tree(self) -> None:
+        """Record the container's processes. torchrun starts its workers in sessions of their
+        own, so neither a process-group signal nor the command's exit reaches them; a
+        container runtime kills them all (the cgroup, the PID namespace), so this does too."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.proc.pid)
+            known = {p.pid for p in self.tree}
+            self.tree += [p for p in [root, *root.children(recursive=True)] if p.pid not in known]
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the whole container (its process group: torchrun and its workers)."""
+        """Send ``sig`` to the whole container: its process group and every process of it."""
+        self.refresh_tree()
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
+        for p in self.tree:
+            if _alive(p):
+                with contextlib.suppress(psutil.Error):
+                    p.send_signal(sig)
+
+    def kill_leftovers(self) -> None:
+        """The command exited: like a container's PID 1, it takes every other process along."""
+        for p in self.tree:
+            if _alive(p):
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 class LocalKubelet:
@@ -331,10 +372,12 @@ class LocalKubelet:
                 start_new_session=True,
             )
         while local.proc.poll() is None:
+            local.refresh_tree()
             if local.terminate.wait(timeout=0.2):
                 self._terminate(local)
                 break
         code = exit_code_of(local.proc.wait())
+        local.kill_leftovers()
         local.done.set()
         reported = self._report_exit(local, pod, code)
         with self._lock:
@@ -346,10 +389,10 @@ class LocalKubelet:
         """SIGTERM, then SIGKILL after the grace period, as the kubelet does on deletion."""
         assert local.proc is not None
         local.signal(signal.SIGTERM)
-        try:
-            local.proc.wait(timeout=local.grace)
-        except subprocess.TimeoutExpired:
-            local.signal(signal.SIGKILL)
+        deadline = time.monotonic() + local.grace
+        while local.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        local.signal(signal.SIGKILL)  # whatever of the container is still alive
 
     def prepare(self, local: LocalPod, pod: Obj) -> tuple[list[str], dict[str, str]]:
         """The local argv and environment of the pod's (single) container."""

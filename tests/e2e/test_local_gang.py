@@ -237,6 +237,12 @@ def test_killed_worker_restarts_the_gang_from_the_checkpoint_and_succeeds(
         lambda: kubelet.outcome("kill-worker-1-a0"), 30, message="rank 1 exit reported"
     )
     assert (killed.exit_code, killed.phase) == (137, "Failed")
+    # The whole container died, torchrun's worker (in a session of its own) included, as a
+    # container runtime kills them all: a surviving worker used to keep training with rank 0.
+    victim = kubelet.pod("kill-worker-1-a0")
+    assert victim is not None
+    assert len(victim.tree) >= 3, victim.tree  # the node supervisor, torchrun, the worker
+    wait_for(lambda: not victim.running(), 30, message="every process of rank 1 gone")
     # The pod's status says so too (a Failed pod is not deleted by the restart; kwok leaves it).
     assert pod_phase(kube, namespace, "kill-worker-1-a0") == ("Failed", 137)
     restarted = wait_for(
