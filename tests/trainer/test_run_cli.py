@@ -137,6 +137,7 @@ def test_run_locally_with_two_processes(tmp_path: Path) -> None:
     progress = json.loads((out / "progress.json").read_text())
     assert progress["phase"] == "done"
     assert progress["step"] == progress["totalSteps"]
+    assert progress["samplesPerSecond"] > 0  # the final report keeps the run's throughput
     job = yaml.safe_load((out / "job.yaml").read_text())
     assert job["spec"]["distributed"]["procsPerNode"] == 2
     assert job["spec"]["distributed"]["nodes"] == 1

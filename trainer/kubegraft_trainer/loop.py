@@ -518,6 +518,9 @@ class Trainer:
             f1=ev.get("f1"),
             trainable_parameters=getattr(self, "trainable", None),
             total_parameters=getattr(self, "total_params", None),
+            # the latest throughput stays in every later report (saving, evaluating, done),
+            # so a short run that finishes between two polls still shows it
+            samples_per_second=getattr(self, "samples_per_second", None),
             time=_now(),
         )
         for k, v in fields.items():
@@ -759,6 +762,7 @@ class Trainer:
                     throughput = window_steps * self.samples_per_step / max(elapsed, 1e-9)
                     mean_loss = float(gather_all(torch.tensor([window_loss / window_steps])).mean())
                     self.state.train_loss = mean_loss
+                    self.samples_per_second = round(throughput, 2)
                     self._log_step(
                         mean_loss, throughput, window_steps, train_started, steps_this_run
                     )
@@ -794,7 +798,9 @@ class Trainer:
             self._save()
         loop_seconds = time.perf_counter() - train_started
         self.train_seconds = self.cache_seconds + loop_seconds
-        self.samples_per_second = steps_this_run * self.samples_per_step / max(loop_seconds, 1e-9)
+        self.samples_per_second = round(
+            steps_this_run * self.samples_per_step / max(loop_seconds, 1e-9), 2
+        )
         return self._finish(started)
 
     def _log_step(
