@@ -31,10 +31,10 @@ from kubegraft_operator.testing import (
 
 pytestmark = pytest.mark.integration
 WAIT = 120
+"""Seconds any wait may take on a loaded machine; waits end as soon as their condition holds."""
 LIFETIME = 15
 """Peering keep-alive lifetime (s): short for a quick failover, long enough that a busy
 machine does not miss keep-alives and make the replicas flap."""
-"""Seconds any wait may take on a loaded machine; waits end as soon as their condition holds."""
 PEERING_OBJECT = {
     "apiVersion": "kopf.dev/v1",
     "kind": "KopfPeering",
@@ -131,17 +131,20 @@ def test_two_replicas_one_leader_and_failover(
         priority=20,
         env=env,
     )
-    # One after the other: the follower must see the leader's record appear (started at the
-    # same instant, kopf's peering stream of one of them was once seen never to start).
+    # Both at the same instant, as a Deployment with two replicas starts them. kopf starts
+    # every replica paused until it has read the peering object. A low one that reads it
+    # after the high one's keep-alive never runs (and so never logs "Pausing"); one that
+    # reads it before resumes, then pauses on the keep-alive. Either way it must not act.
     low.start()
+    high.start()
     try:
         low.wait_healthy()
-        high.start()
         high.wait_healthy()
         wait_for(
-            lambda: "Pausing operations in favour of" in low.logs(),
-            WAIT,
-            message="low-priority replica pauses",
+            lambda: len(_peers(cluster, namespace)) == 2, WAIT, message="both replicas in peering"
+        )
+        wait_for(
+            lambda: _peering_verdict(low.logs()) != "Resuming", WAIT, message="low one paused"
         )
         kube.create_job(namespace, job_manifest("led", nodes=2, outcome="run"))
         wait_for(lambda: state_is(kube, namespace, "led", "Running"), WAIT, message="Running")
@@ -159,12 +162,23 @@ def test_two_replicas_one_leader_and_failover(
         )
         took = time.monotonic() - killed
         assert low.metric("kubegraft_operator_reconciles_total", result="ok") > 0
-        log = low.logs()
-        assert "Resuming operations" in log[log.rindex("Pausing operations in favour of") :]
+        assert _peering_verdict(low.logs()) == "Resuming"
         print(f"failover took {took:.1f}s with a peering lifetime of {LIFETIME}s")
     finally:
         low.stop()
         high.stop()
+
+
+def _peers(cluster: Cluster, namespace: str) -> dict[str, object]:
+    """The replicas' keep-alive records in the peering object (its status, by identity)."""
+    body = cluster.kubectl_json("get", "-n", namespace, "kopfpeering", "kubegraft")
+    return dict(body.get("status") or {})
+
+
+def _peering_verdict(log: str) -> str | None:
+    """kopf's last "Pausing operations" / "Resuming operations" line in a replica's log."""
+    verdicts = [w for w in ("Pausing", "Resuming") if f"{w} operations" in log]
+    return max(verdicts, key=lambda w: log.rindex(f"{w} operations"), default=None)
 
 
 def _set_ready(cluster: Cluster, node: str, status: str) -> None:
@@ -261,3 +275,4 @@ def test_operator_keeps_working_across_an_apiserver_restart(
             lambda: state_is(kube, namespace, "before", "Suspended"), WAIT, message="Suspended"
         )
         print(f"kube-apiserver was restarted in {down:.1f}s")
+
