@@ -921,6 +921,10 @@ class FineTuneJobStatus(ApiModel):
     """Pods running and ready."""
     nodes_ready: str | None = None
     """Ready over desired nodes for printer columns, e.g. 2/2."""
+    active: int | None = None
+    """Worker pods not yet finished (pending, running or being deleted), of any attempt. A
+    finished job with none left needs no operator attention (unless its TTL is still to come):
+    the operator then stops watching over it and drops its finalizer."""
     progress: Progress | None = None
     """Training progress."""
     metrics: Metrics | None = None
