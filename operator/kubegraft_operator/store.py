@@ -163,15 +163,21 @@ class Store:
         pod = slim_pod(pod)
         name = pod["metadata"]["name"]
         uid = pod["metadata"].get("uid")
-        pods = self.pods.setdefault(key, {})
         if deleted:
-            pods.pop(name, None)
+            pods = self.pods.get(key)
+            if pods is not None:
+                pods.pop(name, None)
+                if not pods:  # nothing left of a job that is gone or finished
+                    del self.pods[key]
             if uid:
                 self.tombstones[uid] = None
                 while len(self.tombstones) > MAX_TOMBSTONES:
                     del self.tombstones[next(iter(self.tombstones))]
-        # A late event for a pod already seen deleted must not bring it back.
-        elif uid not in self.tombstones and newer_or_equal(pod, pods.get(name)):
+            return key
+        if uid in self.tombstones:  # a late event for a pod seen deleted: no ghost
+            return key
+        pods = self.pods.setdefault(key, {})
+        if newer_or_equal(pod, pods.get(name)):
             pods[name] = pod
         return key
 

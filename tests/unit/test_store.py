@@ -174,6 +174,22 @@ def test_store_caches_slim_pods_and_observes_the_same() -> None:
     assert store.put_node(lost) == [key]
 
 
+def test_deleting_the_last_pod_of_a_job_leaves_nothing_behind() -> None:
+    store = Store()
+    pod = full_pod(STATUSES["oom-killed"])
+    key = store.put_pod(copy.deepcopy(pod))
+    assert key is not None
+    assert key in store.pods
+    store.put_pod(copy.deepcopy(pod), deleted=True)
+    assert key not in store.pods
+    # a deletion seen after the job was forgotten (a finished job, the garbage collector)
+    store.forget(key)
+    store.put_pod(copy.deepcopy(pod), deleted=True)
+    assert key not in store.pods
+    store.put_pod(copy.deepcopy(pod))  # and a late event for it does not bring it back
+    assert key not in store.pods
+
+
 def test_slim_progress_keeps_only_the_report() -> None:
     report = {"step": 10, "epoch": 1.0, "train_loss": 0.5}
     cm = {
