@@ -26,6 +26,7 @@ or the Running condition's lastTransitionTime, the deadline from ``startTime``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -154,6 +155,19 @@ def _meta_extra(job: FineTuneJob, key: str) -> Any:
     return (job.metadata.model_extra or {}).get(key)
 
 
+def keeps_reconciling(job: Mapping[str, Any]) -> bool:
+    """Whether a FineTuneJob (a raw object) still needs its reconcile loop (the kopf daemon's
+    filter). A finished job with no active pod and no TTL to honour has nothing left to do:
+    kopf then stops its daemon and, since no other handler needs one, drops the finalizer, so
+    finished jobs can be deleted (or the CRD removed) with no operator running. A job that
+    finished before ``status.active`` existed keeps its loop until a pass has counted them."""
+    status = job.get("status") or {}
+    if status.get("state") not in (JobState.SUCCEEDED.value, JobState.FAILED.value):
+        return True
+    ttl = ((job.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    return ttl is not None or status.get("active") != 0
+
+
 def backoff_seconds(base: int, restarts: int) -> float:
     """Delay before gang restart number ``restarts`` (1-based): base * 2^(restarts-1), capped
     at one hour."""
@@ -192,6 +206,8 @@ def decide(job: FineTuneJob, observed: Observation, now: datetime) -> Decision:
         ready = 0
     status.ready_nodes = ready
     status.nodes_ready = f"{ready}/{n}"
+    created = sum(1 for o in ctx.decision.create if o.get("kind") == "Pod")
+    status.active = created + sum(1 for p in observed.pods if p.phase in ACTIVE)
 
     if (old.state, old.reason) != (status.state, status.reason) and status.state is not None:
         ctx.decision.events.append(_event_for(status))

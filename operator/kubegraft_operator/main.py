@@ -6,7 +6,8 @@ Decorators only; each hands off to a module that does the work:
   apply, one status patch, Events);
 - watches on the worker pods, the progress ConfigMaps and the nodes feed :mod:`.store` and
   wake the owning job's daemon (no per-event API calls);
-- a spec change (suspend, runPolicy) wakes the daemon too;
+- a spec change (suspend, runPolicy) wakes the daemon too; finished jobs with nothing left to
+  do have no daemon (and so no finalizer);
 - start-up applies :mod:`.settings`, builds the API client, serves /metrics; kopf's own
   ``--liveness`` endpoint serves /healthz with :func:`health` as a probe.
 """
@@ -23,6 +24,7 @@ from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
 from kubegraft_operator import metrics, settings
 from kubegraft_operator.apply import Api
+from kubegraft_operator.decide import keeps_reconciling
 from kubegraft_operator.reconciler import Reconciler
 from kubegraft_operator.render import COMPONENT_PROGRESS, COMPONENT_WORKER
 from kubegraft_operator.store import Store
@@ -63,7 +65,13 @@ def health(**_: Any) -> int:
     return len(STORE.wakeups)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=10.0)
+def _keeps_reconciling(*, body: kopf.Body, **_: Any) -> bool:
+    return keeps_reconciling(body)
+
+
+@kopf.daemon(
+    GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=10.0, when=_keeps_reconciling
+)
 async def reconcile(
     *,
     body: kopf.Body,
@@ -73,7 +81,9 @@ async def reconcile(
     logger: Logger,
     **_: Any,
 ) -> None:
-    """The per-job control loop; kopf starts it for every job and stops it on deletion."""
+    """The per-job control loop; kopf starts it for every job that needs one
+    (:func:`.decide.keeps_reconciling`) and stops it on deletion, or once the job finished and
+    nothing of it runs any more (kopf then also drops its finalizer)."""
     await _state["reconciler"].run_job((namespace or "", name), body, stopped, logger)
 
 
@@ -81,11 +91,15 @@ async def reconcile(
 async def job_changed(
     *, body: kopf.Body, type: str, namespace: str | None, name: str, **_: Any
 ) -> None:
-    """Wake the daemon when the spec moved past what the status has seen (suspend, ...)."""
+    """Keep the jobs-by-state gauge (finished jobs have no daemon to do it), and wake the
+    daemon when the spec moved past what the status has seen (suspend, ...)."""
+    key = (namespace or "", name)
+    status = body.get("status") or {}
+    metrics.set_job_state(key, None if type == "DELETED" else status.get("state"))
     generation = body.meta.get("generation")
-    observed = (body.get("status") or {}).get("observedGeneration")
+    observed = status.get("observedGeneration")
     if type == "MODIFIED" and generation != observed:
-        STORE.wake((namespace or "", name))
+        STORE.wake(key)
 
 
 @kopf.on.event(

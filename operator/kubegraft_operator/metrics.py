@@ -1,8 +1,9 @@
 """The operator's own Prometheus metrics, served on ``/metrics`` by prometheus-client.
 
 Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms). The
-jobs-by-state gauge is computed from a small map (job -> state) that reconciles update, so it
-is exact after restarts and drops deleted jobs.
+jobs-by-state gauge is kept from a small map (job -> state) that the job watch and the
+reconciles update, so it is exact after restarts, counts finished jobs (which have no reconcile
+loop) and drops deleted jobs.
 """
 
 from __future__ import annotations
@@ -33,20 +34,36 @@ API_ERRORS = Counter(
 )
 
 _states: dict[tuple[str, str], str] = {}
+_KNOWN = frozenset(s.value for s in JobState)
 
 
 def set_job_state(key: tuple[str, str], state: str | None) -> None:
-    """Record a job's state (None: the job is gone) and refresh the gauge."""
-    if state is None:
-        _states.pop(key, None)
-    else:
+    """Record a job's state (None: the job is gone) and refresh the gauge (O(1): it is called
+    on every job event)."""
+    before = _states.pop(key, None)
+    if state is not None:
         _states[key] = state
-    counts = {s.value: 0 for s in JobState}
-    counts["Unknown"] = 0
-    for s in _states.values():
-        counts[s if s in counts else "Unknown"] += 1
-    for s, c in counts.items():
-        JOBS.labels(state=s).set(c)
+    if before == state:
+        return
+    if before is not None:
+        JOBS.labels(state=_label(before)).dec()
+    if state is not None:
+        JOBS.labels(state=_label(state)).inc()
+
+
+def forget_all_jobs() -> None:
+    """Drop every job from the gauge (also: the operator paused for a peer, and only the leader
+    reports; its watches re-list every job when it resumes)."""
+    _states.clear()
+    for s in (*sorted(_KNOWN), "Unknown"):
+        JOBS.labels(state=s).set(0)
+
+
+def _label(state: str) -> str:
+    return state if state in _KNOWN else "Unknown"
+
+
+forget_all_jobs()  # every state is exported from the start, at 0
 
 
 def serve(port: int | None = None) -> int | None:

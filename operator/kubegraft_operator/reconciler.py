@@ -268,7 +268,10 @@ class Reconciler:
                     if not seeded:
                         await self._seed(key)
                         seeded = True
-                    outcome = await self._pass(key, live_body, last_written)
+                    # Shielded: the status write of a finishing pass makes kopf stop this
+                    # daemon (its filter) and may cancel it before the pass has posted its
+                    # Events; the pass completes regardless.
+                    outcome = await asyncio.shield(self._pass(key, live_body, last_written))
                     if outcome is None:  # being deleted
                         return
                     if outcome.written is not None:
@@ -293,7 +296,11 @@ class Reconciler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=timeout)
         finally:
-            metrics.set_job_state(key, None)
+            reason = getattr(stopped, "reason", None)
+            if reason is not None and reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING:
+                metrics.forget_all_jobs()  # the leader reports now
+            elif reason is None or not reason & kopf.DaemonStoppingReason.FILTERS_MISMATCH:
+                metrics.set_job_state(key, None)  # gone (a finished job stays counted)
             self.store.forget(key)
 
     async def _seed(self, key: Key) -> None:

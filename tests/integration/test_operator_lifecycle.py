@@ -16,6 +16,7 @@ import pytest
 
 from kubegraft.devcluster.cluster import Cluster
 from kubegraft.devcluster.manifests import OUTCOME_LABEL
+from kubegraft_operator.settings import FINALIZER
 from kubegraft_operator.testing import (
     Kube,
     OperatorProcess,
@@ -79,6 +80,11 @@ def test_create_runs_the_gang_and_succeeds(
     assert "Succeeded" in table.splitlines()[1]
     assert operator.metric("kubegraft_operator_jobs", state="Succeeded") >= 1
     assert operator.metric("kubegraft_operator_reconcile_duration_seconds_count") > 0
+    # Finished with nothing left running: the daemon stops and kopf drops the finalizer, so
+    # the job can be deleted even with no operator running. It stays counted as Succeeded.
+    wait_for(lambda: not _has_finalizer(kube, namespace, "happy"), WAIT, message="no finalizer")
+    assert kube.status(namespace, "happy")["active"] == 0
+    assert operator.metric("kubegraft_operator_jobs", state="Succeeded") >= 1
 
 
 def test_retryable_exit_restarts_the_whole_gang_then_succeeds(
@@ -136,6 +142,11 @@ def test_config_error_fails_at_once(kube: Kube, namespace: str, operator: Operat
     )
     assert (done["reason"], done["restarts"], done["attempt"]) == ("ConfigurationError", 0, 0)
     assert "78" in done["message"]
+    wait_for(lambda: not _has_finalizer(kube, namespace, "badcfg"), WAIT, message="no finalizer")
+
+
+def _has_finalizer(kube: Kube, namespace: str, name: str) -> bool:
+    return FINALIZER in (kube.job(namespace, name) or {}).get("metadata", {}).get("finalizers", [])
 
 
 def test_unschedulable_gang_is_pending_then_fails_after_startup_timeout(

@@ -143,9 +143,7 @@ def test_two_replicas_one_leader_and_failover(
         wait_for(
             lambda: len(_peers(cluster, namespace)) == 2, WAIT, message="both replicas in peering"
         )
-        wait_for(
-            lambda: _peering_verdict(low.logs()) != "Resuming", WAIT, message="low one paused"
-        )
+        wait_for(lambda: _peering_verdict(low.logs()) != "Resuming", WAIT, message="low one paused")
         kube.create_job(namespace, job_manifest("led", nodes=2, outcome="run"))
         wait_for(lambda: state_is(kube, namespace, "led", "Running"), WAIT, message="Running")
         assert high.metric("kubegraft_operator_reconciles_total", result="ok") > 0
@@ -275,4 +273,3 @@ def test_operator_keeps_working_across_an_apiserver_restart(
             lambda: state_is(kube, namespace, "before", "Suspended"), WAIT, message="Suspended"
         )
         print(f"kube-apiserver was restarted in {down:.1f}s")
-

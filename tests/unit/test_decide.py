@@ -15,7 +15,7 @@ import pytest
 from kubegraft.api.v1alpha1 import FineTuneJob, JobState
 from kubegraft.progress import ProgressReport
 from kubegraft_operator import conditions as cond
-from kubegraft_operator.decide import Decision, backoff_seconds, decide
+from kubegraft_operator.decide import Decision, backoff_seconds, decide, keeps_reconciling
 from kubegraft_operator.observe import Observation, PodObservation, PodPhase, format_time
 
 pytestmark = pytest.mark.unit
@@ -423,6 +423,45 @@ def test_finished_job_stays_finished_and_cleans_up_stragglers() -> None:
     assert d.status.state == JobState.FAILED
     assert d.delete_pods == ["j-worker-1-a0"]
     assert d.events == []
+
+
+def test_active_counts_unfinished_pods_including_the_ones_being_created() -> None:
+    job, d = step(make_job())
+    assert d.status.active == 2  # this pass creates the gang
+    job, d = step(job, gang("Running"), T0 + timedelta(seconds=1))
+    assert d.status.active == 2
+    job, d = step(job, (pod(0, "Failed", exit_code=78), pod(1)), T0 + timedelta(seconds=3))
+    assert d.status.state == JobState.FAILED
+    assert d.status.active == 1  # rank 1 still runs, and is being deleted
+    _, d = step(job, (pod(0, "Failed", exit_code=78),), T0 + timedelta(seconds=5))
+    assert d.status.active == 0
+
+
+def _wire(job: FineTuneJob) -> dict[str, Any]:
+    return job.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def test_a_finished_job_keeps_its_loop_only_while_something_is_left_to_do() -> None:
+    job = running_job()
+    assert keeps_reconciling(_wire(job))
+    failed, _ = step(job, (pod(0, "Failed", exit_code=78), pod(1)), T0 + timedelta(seconds=3))
+    assert keeps_reconciling(_wire(failed))  # rank 1 is still to be deleted
+    gone, _ = step(failed, (pod(0, "Failed", exit_code=78),), T0 + timedelta(seconds=5))
+    assert not keeps_reconciling(_wire(gone))
+    done, _ = step(running_job(), gang("Succeeded"), T0 + timedelta(seconds=10))
+    assert not keeps_reconciling(_wire(done))
+    with_ttl, _ = step(
+        running_job(ttlSecondsAfterFinished=30), gang("Succeeded"), T0 + timedelta(seconds=10)
+    )
+    assert keeps_reconciling(_wire(with_ttl))  # it has the job to delete later
+    # finished before status.active existed: one more pass counts the pods
+    legacy = _wire(done)
+    del legacy["status"]["active"]
+    assert keeps_reconciling(legacy)
+    suspended, _ = step(make_job(suspend=True))
+    assert suspended.status is not None
+    assert suspended.status.state == JobState.SUSPENDED
+    assert keeps_reconciling(_wire(suspended))
 
 
 def test_progress_metrics_parameters_and_checkpoints_reach_status() -> None:
