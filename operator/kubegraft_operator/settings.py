@@ -24,6 +24,8 @@ from typing import Any, cast
 import kopf
 
 from kubegraft.api.v1alpha1 import GROUP
+from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
+from kubegraft_operator.render import COMPONENT_PROGRESS, COMPONENT_WORKER
 
 ENV_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
 ENV_LIFETIME = "KUBEGRAFT_PEERING_LIFETIME"
@@ -70,6 +72,15 @@ def reconcile_threads() -> int:
     return max(1, int(os.environ.get(ENV_RECONCILE_THREADS, "32")))
 
 
+def watch_selectors() -> dict[str, str]:
+    """The label selector of each core/v1 kind the operator watches besides its own: only the
+    worker pods and the progress ConfigMaps (``main``'s handlers filter on the same labels)."""
+    return {
+        "pods": f"{LABEL_JOB_NAME},{LABEL_COMPONENT}={COMPONENT_WORKER}",
+        "configmaps": f"{LABEL_JOB_NAME},{LABEL_COMPONENT}={COMPONENT_PROGRESS}",
+    }
+
+
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Apply our settings (called from the on.startup handler in :mod:`.main`)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -89,6 +100,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
+    # Server-side label selectors: without them kopf watches, decodes and processes every pod
+    # and ConfigMap in the watched namespaces (the cluster, with -A), and keeps a memory for
+    # each, to drop all but ours in its client-side filters.
+    for plural, selector in watch_selectors().items():
+        settings.watching.label_selectors["", "v1", plural] = selector
     logging.getLogger("kopf.objects").setLevel(os.environ.get(ENV_OBJECT_LOG_LEVEL, "WARNING"))
     settings.execution.max_workers = int(os.environ.get(ENV_WORKERS, "16"))
     # Daemons stop promptly when the job is deleted or the operator pauses for a peer.

@@ -29,3 +29,24 @@ def test_configure_uses_our_storages_and_a_distinct_peering_priority() -> None:
     body = kopf.Body({"metadata": {"name": "j", "annotations": {"a": "b"}}, "spec": {"x": 1}})
     assert ops.persistence.diffbase_storage.build(body=body) == {}
     assert ops.persistence.diffbase_storage.fetch(body=body) is None
+
+
+def _core(plural: str, kind: str) -> kopf.Resource:
+    return kopf.Resource("", "v1", plural, kind=kind, namespaced=True, verbs=["list", "watch"])
+
+
+def test_pods_and_config_maps_are_filtered_by_the_api_server() -> None:
+    # Only our worker pods and progress ConfigMaps may reach the operator: with -A, a
+    # client-side filter alone would decode and track every pod of the cluster.
+    ops = kopf.OperatorSettings()
+    settings.configure(ops)
+    selectors = ops.watching.label_selectors
+    assert selectors.collect(_core("pods", "Pod")) == [
+        "kubegraft.io/job-name,kubegraft.io/component=worker"
+    ]
+    assert selectors.collect(_core("configmaps", "ConfigMap")) == [
+        "kubegraft.io/job-name,kubegraft.io/component=progress"
+    ]
+    assert selectors.collect(_core("nodes", "Node")) == []  # every node matters
+    jobs = kopf.Resource("kubegraft.io", "v1alpha1", "finetunejobs", namespaced=True)
+    assert selectors.collect(jobs) == []
