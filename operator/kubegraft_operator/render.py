@@ -37,6 +37,12 @@ from kubegraft.launch import build_launch
 from kubegraft.progress import CONFIGMAP_KEY, ENV_PROGRESS_CONFIGMAP
 from kubegraft_operator import names
 
+try:  # libyaml's emitter (PyYAML's wheels have it): same output, ~10x faster than pure Python,
+    # whose emitter was ~4% of the operator's CPU at 300 jobs (py-spy --gil)
+    from yaml import CSafeDumper as YamlDumper
+except ImportError:  # pragma: no cover
+    from yaml import SafeDumper as YamlDumper  # type: ignore[assignment]
+
 Obj = dict[str, Any]
 
 COMPONENT_WORKER = "worker"
@@ -99,7 +105,7 @@ def config_document(job: FineTuneJob, namespace: str) -> str:
         "metadata": {"name": job.metadata.name, "namespace": namespace},
         "spec": job.spec.to_wire(),
     }
-    return yaml.safe_dump(doc, sort_keys=True)
+    return yaml.dump(doc, Dumper=YamlDumper, sort_keys=True)
 
 
 def render_service(job: FineTuneJob, *, namespace: str, uid: str) -> Obj:
