@@ -354,13 +354,16 @@ class Recorder:
 # ----------------------------------------------------------------------------- profiling
 class Profiler:
     """``py-spy record`` on the operator for the round (``--profile DIR``; py-spy must be
-    installed). Sampling sees every thread, which cProfile (main thread only) would not."""
+    installed). Sampling sees every thread, which cProfile (main thread only) would not. Only
+    samples of the thread holding the GIL are kept (``--gil``): the question is where the
+    operator's CPU goes, and a thread blocked in a socket read holds no GIL."""
 
     def __init__(self, pid: int, out: Path) -> None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         out.parent.mkdir(parents=True, exist_ok=True)
         self.out = out
-        argv = [exe, "record", "--pid", str(pid), "--rate", "20", "--threads", "--nonblocking"]
+        argv = [exe, "record", "--pid", str(pid), "--rate", "100", "--threads", "--nonblocking"]
+        argv += ["--gil"]
         argv += ["--format", "raw", "--output", str(out)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
