@@ -1,7 +1,11 @@
-"""Keeps ``bench/operator_scale.py`` working: its ``--quick --floor`` mode (10 jobs of 4 nodes
-with the real operator, then 10 more with the pods-only floor controller) on the session's
-control plane. It checks that the benchmark runs and measures something sensible; the numbers
-themselves are not judged here (the machine is shared)."""
+"""Keeps the operator benchmarks working on the session's control plane:
+
+- ``bench/operator_scale.py --quick --floor`` (10 jobs of 4 nodes with the real operator, then
+  10 more with the pods-only floor controller);
+- ``bench/foreign_objects.py`` with 1000 ConfigMaps that are not the operator's.
+
+They check that each benchmark runs and measures something sensible; timings are not judged
+here (the machine is shared), only effects far larger than the noise."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,20 +24,26 @@ from kubegraft_operator.testing import repo_root
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-def test_operator_scale_quick_mode_measures_ten_jobs(
-    cluster: Cluster, crd: list[str], tmp_path: Path
-) -> None:
+def run_bench(cluster: Cluster, tmp: Path, script: str, *opts: str) -> tuple[str, Any]:
+    """Run ``bench/<script> OPTS --cluster <cluster> --json <file in tmp>``; its stdout and
+    the JSON it wrote."""
     root = repo_root()
-    out = tmp_path / "bench.json"
+    out = tmp / f"{script}.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "operator")])}
     proc = subprocess.run(
-        [sys.executable, str(root / "bench" / "operator_scale.py"), "--quick", "--floor",
+        [sys.executable, str(root / "bench" / script), *opts,
          "--cluster", str(cluster.state_dir), "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=800, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "where the time goes at 10 jobs" in proc.stdout
-    r, floor = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_operator_scale_quick_mode_measures_ten_jobs(
+    cluster: Cluster, crd: list[str], tmp_path: Path
+) -> None:
+    stdout, (r, floor) = run_bench(cluster, tmp_path, "operator_scale.py", "--quick", "--floor")
+    assert "where the time goes at 10 jobs" in stdout
     assert (r["floor"], r["jobs"], r["jobs_running"]) == (False, 10, 10)
     pods, running = r["all_pods"], r["running"]
     assert pods["n"] == running["n"] == 10
@@ -49,3 +60,17 @@ def test_operator_scale_quick_mode_measures_ten_jobs(
     assert (floor["floor"], floor["jobs"], floor["jobs_running"]) == (True, 10, 0)
     assert floor["all_pods"]["n"] == 10
     assert 4 <= floor["operator_requests_per_job"] < r["operator_requests_per_job"]
+
+
+def test_foreign_objects_reach_only_the_operator_without_selectors(
+    cluster: Cluster, crd: list[str], tmp_path: Path
+) -> None:
+    # bench/foreign_objects.py on the session's control plane: 1000 ConfigMaps and 10 pods that
+    # are not the operator's. Without the watch label selectors (the baseline row) kopf lists
+    # and keeps a memory of each (~15 KB); with them the API server never sends them.
+    args = ("--configmaps", "1000", "--pods", "10", "--updates", "200")
+    _, (base, ours) = run_bench(cluster, tmp_path, "foreign_objects.py", *args)
+    assert (base["row"], ours["row"]) == ("no selectors", "operator")
+    assert base["RSS MB"] - ours["RSS MB"] > 5, (base, ours)
+    assert ours["start CPU s"] > 0
+    assert ours["update CPU s"] >= 0

@@ -1,0 +1,233 @@
+"""What it costs the operator to share its namespace with other work: start it in a namespace
+that holds many pods and ConfigMaps that are not its own, then change those ConfigMaps, and
+measure its CPU and memory. Not a test; prints a table.
+
+    python bench/foreign_objects.py                          # 3000 ConfigMaps, 500 pods
+    python bench/foreign_objects.py --configmaps 1000 --pods 100 --updates 500
+    python bench/foreign_objects.py --cluster STATE_DIR --json out.json   # an existing cluster
+
+Two rows, same cluster, same objects, one after the other:
+
+- ``operator``: the operator as it is (its pod and ConfigMap watches carry label selectors,
+  :func:`kubegraft_operator.settings.watch_selectors`, so the API server sends only its own);
+- ``no selectors``: the same operator with the selectors switched off before kopf reads its
+  settings, i.e. kopf receives every pod and ConfigMap and drops the foreign ones in its
+  handler filters (how the operator watched before commit a4ef55e). This is the baseline.
+
+Columns: ``start CPU s`` from process start until its CPU stays still for 3 s (kopf's initial
+lists included); ``RSS MB`` after that; ``update CPU s`` for the ConfigMap updates (sent from
+16 threads) until its CPU is still again; ``peak RSS MB`` (VmHWM). With ``-A``, what one
+namespace shows here applies to the whole cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "operator"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from kubernetes import client, config  # noqa: E402
+
+from kubegraft.devcluster import cluster as devcluster  # noqa: E402
+from kubegraft.devcluster.manifests import OUTCOME_LABEL  # noqa: E402
+from kubegraft_operator.testing import OperatorProcess, wait_for  # noqa: E402
+
+PADDING = "x" * 2000  # a ConfigMap of ~2 KB, a small one
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class WithoutSelectors(OperatorProcess):
+    """The operator with ``watch_selectors`` returning nothing: the baseline row."""
+
+    def argv(self) -> list[str]:
+        code = (
+            "import kubegraft_operator.settings as s; s.watch_selectors = lambda: {}; "
+            "from kubegraft_operator.__main__ import main; "
+            f"main(['--namespace', {self.namespace!r}, '--standalone', "
+            f"'--liveness=http://127.0.0.1:{self.health_port}/healthz'])"
+        )
+        return [sys.executable, "-c", code]
+
+
+def cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def cpu_when_still(proc: psutil.Process, quiet: float = 3.0, timeout: float = 600) -> float:
+    """The process's CPU seconds once they have not moved (by 20 ms) for ``quiet`` seconds:
+    the operator has handled everything the API server sent it."""
+    last, still_since, deadline = cpu_s(proc), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - still_since < quiet:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the operator's CPU never settled")
+        time.sleep(0.5)
+        now = cpu_s(proc)
+        if now - last > 0.02:
+            still_since = time.monotonic()
+        last = now
+    return last
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def fill_namespace(core: Any, ns: str, configmaps: int, pods: int) -> None:
+    """Foreign ConfigMaps and pods (kept Running by kwok) in a new namespace ``ns``."""
+    core.create_namespace({"metadata": {"name": ns}})
+    pod_spec = {"containers": [{"name": "main", "image": "busybox"}]}
+    with ThreadPoolExecutor(16) as ex:
+        list(
+            ex.map(
+                lambda i: core.create_namespaced_config_map(
+                    ns, {"metadata": {"name": f"other-{i}"}, "data": {"d": PADDING}}
+                ),
+                range(configmaps),
+            )
+        )
+        list(
+            ex.map(
+                lambda i: core.create_namespaced_pod(
+                    ns,
+                    {
+                        "metadata": {"name": f"other-{i}", "labels": {OUTCOME_LABEL: "run"}},
+                        "spec": pod_spec,
+                    },
+                ),
+                range(pods),
+            )
+        )
+
+    def all_running() -> bool:
+        items = core.list_namespaced_pod(ns).items
+        return sum(1 for p in items if p.status.phase == "Running") >= pods
+
+    wait_for(all_running, 600, interval=1.0, message=f"{pods} foreign pods Running")
+
+
+def measure(
+    row: str, op: OperatorProcess, core: Any, configmaps: int, updates: int
+) -> dict[str, Any]:
+    """Start ``op``, let it settle, update the foreign ConfigMaps, let it settle again."""
+    assert op.namespace is not None
+    op.start().wait_healthy()
+    assert op.proc is not None
+    proc = psutil.Process(op.proc.pid)
+    try:
+        start_cpu = cpu_when_still(proc)
+        rss = proc.memory_info().rss / 2**20
+        before = cpu_s(proc)
+        with ThreadPoolExecutor(16) as ex:
+            list(
+                ex.map(
+                    lambda i: core.patch_namespaced_config_map(
+                        f"other-{i % configmaps}", op.namespace, {"data": {"d": f"{PADDING}{i}"}}
+                    ),
+                    range(updates),
+                )
+            )
+        update_cpu = cpu_when_still(proc) - before
+        return {
+            "row": row,
+            "start CPU s": start_cpu,
+            "RSS MB": rss,
+            "update CPU s": update_cpu,
+            "peak RSS MB": peak_rss_mb(proc.pid),
+        }
+    finally:
+        op.stop()
+
+
+@contextlib.contextmanager
+def control_plane(state_dir: str | None, pods: int) -> Iterator[devcluster.Cluster]:
+    """An existing cluster (``--cluster``), or a fresh one in a temp dir."""
+    if state_dir:
+        found = devcluster.load(Path(state_dir).resolve())
+        if found is None:
+            raise SystemExit(f"--cluster {state_dir}: no cluster recorded there")
+        yield found
+        return
+    with tempfile.TemporaryDirectory(prefix="kubegraft-bench-") as tmp:
+        state = Path(tmp) / "cluster"
+        nodes = max(4, math.ceil(pods * 1.1 / 110))
+        log(f"starting a control plane with {nodes} fake nodes")
+        try:
+            yield devcluster.up(state, name="kubegraft-bench", nodes=nodes, log=lambda m: None)
+        finally:
+            devcluster.down(state, log=lambda m: None)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    headers = list(rows[0])
+    lines = [" | ".join(f"{h:>13}" for h in headers)]
+    for r in rows:
+        lines.append(
+            " | ".join(f"{v:>13.2f}" if isinstance(v, float) else f"{v:>13}" for v in r.values())
+        )
+    base, ours = rows
+    lines.append(
+        f"operator / no selectors: start CPU {ours['start CPU s'] / base['start CPU s']:.2f}x, "
+        f"RSS {ours['RSS MB'] / base['RSS MB']:.2f}x, "
+        f"update CPU {ours['update CPU s'] / max(base['update CPU s'], 1e-9):.2f}x"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configmaps", type=int, default=3000)
+    parser.add_argument("--pods", type=int, default=500)
+    parser.add_argument("--updates", type=int, default=1500, help="ConfigMap updates")
+    parser.add_argument("--cluster", default=None, help="the cluster recorded in this state dir")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    ns = f"busy-{secrets.token_hex(3)}"
+    with (
+        tempfile.TemporaryDirectory(prefix="kubegraft-bench-logs-") as logs,
+        control_plane(args.cluster, args.pods) as cluster,
+    ):
+        for path in sorted((ROOT / "manifests" / "crd").glob("*.yaml")):
+            cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        core = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+        try:
+            log(f"{args.configmaps} ConfigMaps and {args.pods} pods not the operator's in {ns}")
+            fill_namespace(core, ns, args.configmaps, args.pods)
+            rows = []
+            for row, cls in (("no selectors", WithoutSelectors), ("operator", OperatorProcess)):
+                log(f"row: {row}")
+                op = cls(cluster.kubeconfig, Path(logs) / f"{row}.log", namespace=ns)
+                rows.append(measure(row, op, core, args.configmaps, args.updates))
+        finally:
+            core.delete_namespace(ns)
+    print(f"{args.configmaps} foreign ConfigMaps, {args.pods} foreign pods, {args.updates} updates")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
