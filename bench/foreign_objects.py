@@ -23,14 +23,11 @@ namespace shows here applies to the whole cluster.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,16 +40,12 @@ for _p in (ROOT, ROOT / "operator"):
         sys.path.insert(0, str(_p))
 
 from kubernetes import client, config  # noqa: E402
+from operator_scale import control_plane, cpu_seconds, log, peak_rss_mb  # noqa: E402
 
-from kubegraft.devcluster import cluster as devcluster  # noqa: E402
 from kubegraft.devcluster.manifests import OUTCOME_LABEL  # noqa: E402
 from kubegraft_operator.testing import OperatorProcess, wait_for  # noqa: E402
 
 PADDING = "x" * 2000  # a ConfigMap of ~2 KB, a small one
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class WithoutSelectors(OperatorProcess):
@@ -68,31 +61,19 @@ class WithoutSelectors(OperatorProcess):
         return [sys.executable, "-c", code]
 
 
-def cpu_s(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
 def cpu_when_still(proc: psutil.Process, quiet: float = 3.0, timeout: float = 600) -> float:
     """The process's CPU seconds once they have not moved (by 20 ms) for ``quiet`` seconds:
     the operator has handled everything the API server sent it."""
-    last, still_since, deadline = cpu_s(proc), time.monotonic(), time.monotonic() + timeout
+    last, still_since, deadline = cpu_seconds(proc), time.monotonic(), time.monotonic() + timeout
     while time.monotonic() - still_since < quiet:
         if time.monotonic() > deadline:
             raise TimeoutError("the operator's CPU never settled")
         time.sleep(0.5)
-        now = cpu_s(proc)
+        now = cpu_seconds(proc)
         if now - last > 0.02:
             still_since = time.monotonic()
         last = now
     return last
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
 
 
 def fill_namespace(core: Any, ns: str, configmaps: int, pods: int) -> None:
@@ -139,7 +120,7 @@ def measure(
     try:
         start_cpu = cpu_when_still(proc)
         rss = proc.memory_info().rss / 2**20
-        before = cpu_s(proc)
+        before = cpu_seconds(proc)
         with ThreadPoolExecutor(16) as ex:
             list(
                 ex.map(
@@ -159,25 +140,6 @@ def measure(
         }
     finally:
         op.stop()
-
-
-@contextlib.contextmanager
-def control_plane(state_dir: str | None, pods: int) -> Iterator[devcluster.Cluster]:
-    """An existing cluster (``--cluster``), or a fresh one in a temp dir."""
-    if state_dir:
-        found = devcluster.load(Path(state_dir).resolve())
-        if found is None:
-            raise SystemExit(f"--cluster {state_dir}: no cluster recorded there")
-        yield found
-        return
-    with tempfile.TemporaryDirectory(prefix="kubegraft-bench-") as tmp:
-        state = Path(tmp) / "cluster"
-        nodes = max(4, math.ceil(pods * 1.1 / 110))
-        log(f"starting a control plane with {nodes} fake nodes")
-        try:
-            yield devcluster.up(state, name="kubegraft-bench", nodes=nodes, log=lambda m: None)
-        finally:
-            devcluster.down(state, log=lambda m: None)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -207,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = f"busy-{secrets.token_hex(3)}"
     with (
         tempfile.TemporaryDirectory(prefix="kubegraft-bench-logs-") as logs,
-        control_plane(args.cluster, args.pods) as cluster,
+        control_plane(args, args.pods) as cluster,
     ):
         for path in sorted((ROOT / "manifests" / "crd").glob("*.yaml")):
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
