@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok) and helm from the Go module proxy, once per version set.
+# kube-scheduler, kubectl, kwok) and helm from the Go module proxy, once per version set, and
+# fetches prometheus/promtool from Debian's package.
 #
 # The control plane lands in $KUBEGRAFT_CACHE/bin/<key>/, where <key> hashes the etcd, k8s and
 # kwok tools modules' go.mod/go.sum and the Go version: a cache hit costs nothing, a change to
@@ -50,7 +51,30 @@ ensure_helm() {
   fi
 }
 
-if have_all; then ensure_helm; echo "$out"; exit 0; fi
+# prometheus and promtool: the Debian package (CONTROL-PLANE.md), unpacked, not installed;
+# cached in bin/prometheus-<version>/ and linked into the control plane's directory.
+prom_major=2
+ensure_prometheus() {
+  local dir tmp
+  dir=$(ls -d "$cache"/bin/prometheus-"$prom_major".* 2>/dev/null | sort -V | tail -1 || true)
+  if [ -z "$dir" ] || [ ! -x "$dir/prometheus" ]; then
+    log "fetching prometheus (Debian package)"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download prometheus >&2 2>/dev/null \
+       || { apt-get update -qq >&2 && apt-get download prometheus >&2; }; })
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    version=$("$tmp/x/usr/bin/prometheus" --version 2>&1 | awk 'NR == 1 {print $3}' | cut -d+ -f1)
+    case "$version" in "$prom_major".*) ;; *) log "prometheus $version: want $prom_major.x"; return 1 ;; esac
+    dir="$cache/bin/prometheus-$version"
+    mkdir -p "$dir.partial"
+    cp "$tmp/x/usr/bin/prometheus" "$tmp/x/usr/bin/promtool" "$dir.partial/"
+    rm -rf "$dir" "$tmp" && mv "$dir.partial" "$dir"
+  fi
+  ln -sfn "$dir/prometheus" "$out/prometheus"
+  ln -sfn "$dir/promtool" "$out/promtool"
+}
+
+if have_all; then ensure_helm; ensure_prometheus; echo "$out"; exit 0; fi
 
 heartbeat
 mkdir -p "$out.partial"
@@ -81,5 +105,6 @@ cp -r "$kwok_dir/kustomize/." "$out.partial/kwok-kustomize/"
 chmod -R u+w "$out.partial/kwok-kustomize"
 rm -rf "$out" && mv "$out.partial" "$out"
 ensure_helm
+ensure_prometheus
 log "binaries ready in $out"
 echo "$out"
