@@ -19,6 +19,7 @@ import pytest
 
 from kubegraft.devcluster import procs
 from kubegraft.devcluster.cluster import Cluster
+from kubegraft.devcluster.manifests import FAKE_NODE_ANNOTATION
 from kubegraft_operator.apply import ENV_FAULT_EXIT_AFTER_CREATES
 from kubegraft_operator.testing import (
     Kube,
@@ -207,6 +208,10 @@ def test_node_not_ready_restarts_the_gang_on_other_nodes(
         )
         node = victim["spec"]["nodeName"]
         cluster.kubectl("cordon", node)
+        # Its kubelet is gone: kwok stops managing the node (else kwok's node-initialize Stage
+        # turns a NotReady node Ready again within milliseconds, and an operator that looks a
+        # moment later never sees it lost), then the node reports NotReady.
+        cluster.kubectl("annotate", "node", node, f"{FAKE_NODE_ANNOTATION}-")
         try:
             _set_ready(cluster, node, "False")
             st = wait_for(
@@ -227,6 +232,7 @@ def test_node_not_ready_restarts_the_gang_on_other_nodes(
             assert len(new) == 2
             assert all(p["spec"]["nodeName"] != node for p in new)
         finally:
+            cluster.kubectl("annotate", "node", node, f"{FAKE_NODE_ANNOTATION}=fake")
             cluster.kubectl("uncordon", node)
             _set_ready(cluster, node, "True")
 
