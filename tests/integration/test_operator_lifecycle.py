@@ -10,9 +10,11 @@ condition with a timeout.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from kubegraft.devcluster.cluster import Cluster
 from kubegraft.devcluster.manifests import OUTCOME_LABEL
@@ -85,6 +87,25 @@ def test_create_runs_the_gang_and_succeeds(
     wait_for(lambda: not _has_finalizer(kube, namespace, "happy"), WAIT, message="no finalizer")
     assert kube.status(namespace, "happy")["active"] == 0
     assert operator.metric("kubegraft_operator_jobs", state="Succeeded") >= 1
+
+
+def test_pods_pass_the_restricted_pod_security_standard(
+    kube: Kube, namespace: str, operator: OperatorProcess, cluster: Cluster
+) -> None:
+    # The API server's PodSecurity admission, enforcing "restricted" on the namespace, judges
+    # the rendered pods (non-root, no privilege escalation, all capabilities dropped, seccomp
+    # RuntimeDefault, allowed volume types). A refused pod would never be created.
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    bare = {"metadata": {"name": "bare"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    with pytest.raises(ApiException) as refused:  # the enforcement is on
+        kube.core.create_namespaced_pod(namespace, bare)
+    assert refused.value.status == 403
+    assert 'violates PodSecurity "restricted' in json.loads(refused.value.body)["message"]
+    kube.create_job(namespace, job_manifest("strict", nodes=2, outcome="run"))
+    wait_for(lambda: len(kube.pods(namespace, "strict")) == 2, WAIT, message="2 pods admitted")
+    wait_for(lambda: state_is(kube, namespace, "strict", "Running"), WAIT, message="Running")
 
 
 def test_retryable_exit_restarts_the_whole_gang_then_succeeds(
