@@ -678,8 +678,14 @@ class OutputSpec(ApiModel):
     """Directory, shared by all nodes, for checkpoints/, model/ and metrics.json. Locally, a
     path relative to the manifest is allowed with `kubegraft run`."""
     persistent_volume_claim: str | None = Field(default=None, max_length=253)
-    """PVC mounted at path in every pod; without it the output lives in an emptyDir and is
-    lost with the pods (fine for tests, not for real work)."""
+    """PersistentVolumeClaim mounted at path in every pod, where checkpoints, the final model
+    and metrics.json survive the pods. Required on a cluster when the job may be retried
+    (runPolicy.backoffLimit > 0), spans several nodes (then ReadWriteMany) or checkpoints at
+    an interval, unless ephemeral is true. `kubegraft run` ignores it and writes to a local
+    directory."""
+    ephemeral: bool = False
+    """Accept an emptyDir for the output: checkpoints, the model and metrics.json die with the
+    pods, and a gang restart starts again from step 0. For tests and throwaway runs only."""
     keep_checkpoints: int = Field(default=2, ge=1, le=1000)
     """How many recent checkpoints to keep (the best one is kept in addition)."""
     save_final_model: bool = True
@@ -708,6 +714,18 @@ class RunPolicy(ApiModel):
     """Restart the gang as stalled when the training step has not advanced for this long."""
     restart_backoff_seconds: int = Field(default=10, ge=0, le=3600)
     """Base delay before a gang restart; doubles with each restart."""
+    max_disruptions: int = Field(default=10, ge=0, le=10000)
+    """Gang restarts after disruptions (preemption with exit 75, eviction, a lost node, a pod
+    deleted from under the job) before the job fails. Disruptions do not count against
+    backoffLimit, as a Kubernetes Job's pod failure policy ignores them."""
+    termination_grace_period_seconds: int = Field(default=120, ge=10, le=86400)
+    """Grace period of the worker pods: on SIGTERM (preemption, drain, a gang restart) the
+    trainer saves a checkpoint within it; torchrun's shutdown timeout leaves the trainer all
+    of it but a safety margin."""
+    progress_interval_seconds: int = Field(default=30, ge=1, le=3600)
+    """Rank 0 reports a heartbeat (phase, step, time) at least this often, in every phase
+    (loading, feature caching, evaluating, saving); the operator declares a stall when the
+    heartbeats stop."""
 
 
 # ------------------------------------------------------------------------------------------ spec

@@ -59,8 +59,6 @@ the gang all-or-nothing (its plain-pod integration); see docs/operator.md."""
 
 CONTAINER_NAME = "trainer"
 HF_TOKEN_ENV = "HF_TOKEN"
-TERMINATION_GRACE_SECONDS = 120
-"""Long enough for the trainer to save a checkpoint on SIGTERM and exit 75 (PREEMPTED)."""
 RUN_AS_USER = 1000
 """A fixed non-root UID: runAsNonRoot alone fails for images whose user is root by name."""
 
@@ -317,7 +315,7 @@ def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt
         # Only rank 0 reports progress, so only it gets a token (unless the user chose an SA,
         # whose token their own code may need on every node).
         "automountServiceAccountToken": rank == 0 or p.service_account_name is not None,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
