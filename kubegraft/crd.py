@@ -206,7 +206,14 @@ def _printer_columns() -> list[dict[str, Any]]:
         col("Task", "string", ".spec.model.task", "The fine-tuning task.", 1),
         col("Freeze", "string", ".spec.freeze.preset", "The freezing preset.", 1),
         col("Strategy", "string", ".spec.distributed.strategy", "The parallel strategy.", 1),
-        col("Restarts", "integer", ".status.restarts", "Whole-gang restarts.", 1),
+        col("Restarts", "integer", ".status.restarts", "Gang restarts after failures.", 1),
+        col(
+            "Disruptions",
+            "integer",
+            ".status.disruptions",
+            "Gang restarts after disruptions (preemption, eviction, node loss).",
+            1,
+        ),
         col("ETA", "string", ".status.progress.eta", "Estimated time to completion.", 1),
         col("Model", "string", ".spec.model.checkpoint", "The pretrained checkpoint.", 1),
     ]

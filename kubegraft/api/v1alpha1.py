@@ -702,9 +702,14 @@ class RunPolicy(ApiModel):
     """Suspend the job: its pods are deleted, status and checkpoints are kept; resuming
     restarts from the latest checkpoint. Kueue admits jobs by flipping this."""
     backoff_limit: int = Field(default=3, ge=0, le=1000)
-    """Number of whole-gang restarts after retryable failures before the job fails."""
+    """Number of whole-gang restarts after retryable failures (a worker's error, an OOM kill,
+    a stall) before the job fails. Disruptions do not count here: see maxDisruptions."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
-    """Fail the job when it has been active longer than this."""
+    """Fail the job when it has been active longer than this: seconds since the first gang
+    started running, not counting time suspended. A resume continues the clock where the
+    suspension stopped it (the time accumulates, it does not start again), so a job that a
+    queue suspends and resumes never fails on resume for time it spent waiting, and gets no
+    more than this in all (status.suspendedSeconds is the time left out)."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the job this long after it succeeded or failed."""
     startup_timeout_seconds: int = Field(default=600, ge=1)
@@ -930,7 +935,13 @@ class FineTuneJobStatus(ApiModel):
     completion_time: str | None = Field(default=None, json_schema_extra=DATE_TIME)
     """When the job succeeded or failed (RFC 3339)."""
     restarts: int = 0
-    """Whole-gang restarts so far."""
+    """Whole-gang restarts after failures so far (counted against runPolicy.backoffLimit)."""
+    disruptions: int = 0
+    """Whole-gang restarts after disruptions so far: preemption (exit 75), eviction, a lost
+    node, a pod deleted from under the job (counted against runPolicy.maxDisruptions)."""
+    suspended_seconds: int = 0
+    """Seconds the job spent suspended after it first started; activeDeadlineSeconds does not
+    count them."""
     attempt: int = 0
     """Current gang attempt (pods carry it as a label)."""
     nodes: int | None = None

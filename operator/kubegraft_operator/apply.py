@@ -3,7 +3,12 @@
 Every operation is idempotent, so a reconcile that is repeated, or that runs again after the
 operator died half-way, converges without duplicates:
 
-- create-if-absent: names are deterministic, a 409 AlreadyExists means "done before";
+- create-if-absent: names are deterministic, a 409 AlreadyExists means "done before" when
+  the object that exists is ours (its controller reference has our job's UID). One left by
+  an earlier job of the same name (deleted, its dependents not yet collected) is never
+  adopted: a Service, ConfigMap, ServiceAccount or RBAC object is deleted (with its UID as
+  a precondition) and created anew; a pod is left alone (it is terminating, with a grace
+  period) and returned, so the cache knows it and the job waits for it to go;
 - delete: a 404 means "already gone";
 - the status is written as ONE JSON merge patch on the ``/status`` subresource, and only
   when it differs from what is stored.
@@ -15,8 +20,6 @@ Runs in worker threads (the kubernetes client's transport is synchronous); the a
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import quote
@@ -27,27 +30,14 @@ from kubernetes.client.exceptions import ApiException
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
 from kubegraft_operator import metrics, names
+from kubegraft_operator.observe import controller_uid
 from kubegraft_operator.render import COMPONENT_CONFIG, COMPONENT_WORKER
 
 Obj = dict[str, Any]
 
-ENV_FAULT_EXIT_AFTER_CREATES = "KUBEGRAFT_FAULT_EXIT_AFTER_CREATES"
-"""Fault injection for the idempotency test: the process dies (exit 137, like SIGKILL) right
-after this many successful creates, i.e. half-way through a reconcile. Unset in production.
-While it is set, creates run one at a time (pods are otherwise created in parallel), so that
-exactly that many objects exist when the process dies."""
-_creates = 0
-_fault_lock = threading.Lock()
 
-
-def _maybe_die_after_create() -> None:
-    global _creates
-    limit = os.environ.get(ENV_FAULT_EXIT_AFTER_CREATES)
-    if not limit:
-        return
-    _creates += 1
-    if _creates >= int(limit):
-        os._exit(137)
+class ForeignObjectError(RuntimeError):
+    """An object with a name the job needs exists and belongs to someone else."""
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Obj:
@@ -81,6 +71,28 @@ _PATHS: dict[str, str] = {
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30.0
+
+
+def _is_config(obj: Obj) -> bool:
+    return bool(
+        obj["kind"] == "ConfigMap"
+        and obj["metadata"]["labels"].get(LABEL_COMPONENT) == COMPONENT_CONFIG
+    )
+
+
+def _left_by_predecessor(existing: Obj, wanted: Obj) -> bool:
+    """Whether ``existing`` was made for an earlier FineTuneJob of the same name as the one
+    ``wanted`` is for: its controller is a FineTuneJob of that name, with another UID."""
+    mine = next(r for r in wanted["metadata"]["ownerReferences"] if r.get("controller"))
+    for ref in (existing.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return bool(
+                ref.get("kind") == mine["kind"]
+                and ref.get("apiVersion", "").split("/")[0] == mine["apiVersion"].split("/")[0]
+                and ref.get("name") == mine["name"]
+                and ref.get("uid") != mine["uid"]
+            )
+    return False
 
 
 def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
@@ -156,32 +168,60 @@ class Api:
         return self.request("get_configmap", "GET", path, ok=(404,))
 
     # ----------------------------------------------------------------- writes
-    def create_if_absent(self, obj: Obj) -> Obj | None:
-        """Create ``obj``; returns the created object, or None when it existed already.
-        Thread-safe: the reconciler creates a job's objects from several threads."""
-        if os.environ.get(ENV_FAULT_EXIT_AFTER_CREATES):
-            with _fault_lock:
-                return self._create_if_absent(obj)
-        return self._create_if_absent(obj)
-
-    def _create_if_absent(self, obj: Obj) -> Obj | None:
+    def create_if_absent(self, obj: Obj) -> tuple[Obj, bool]:
+        """Create ``obj`` unless it exists; returns the object as the API server has it and
+        whether this call created it. Thread-safe: the reconciler creates a job's objects from
+        several threads."""
         kind = obj["kind"]
         meta = obj["metadata"]
-        ns = meta["namespace"]
+        ns, name = meta["namespace"], meta["name"]
         res = self.request(f"create_{kind.lower()}", "POST", _path(kind, ns), body=obj, ok=(409,))
         if res is not None:
-            _maybe_die_after_create()
-        elif kind == "ConfigMap" and meta["labels"].get(LABEL_COMPONENT) == COMPONENT_CONFIG:
-            # The rendered config follows the spec (e.g. after a resume with changed
-            # runPolicy); patching it is cheap and happens only when a gang is created.
-            self.request(
-                "patch_configmap",
-                "PATCH",
-                _path(kind, ns, meta["name"]),
-                body={"data": obj["data"]},
-                content_type=MERGE_PATCH,
+            return res, True
+        existing = self.request(f"get_{kind.lower()}", "GET", _path(kind, ns, name), ok=(404,))
+        if existing is None:  # gone between the POST and the GET: try once more
+            res = self.request(
+                f"create_{kind.lower()}", "POST", _path(kind, ns), body=obj, ok=(409,)
             )
-        return res
+            if res is not None:
+                return res, True
+            raise ForeignObjectError(f"{kind} {ns}/{name} keeps reappearing")
+        ours = controller_uid(meta)
+        theirs = controller_uid(existing.get("metadata") or {})
+        if theirs == ours or kind == "Pod":
+            # A pod of an earlier job is returned as it is: the decision waits for it.
+            if theirs == ours and _is_config(obj):
+                # The rendered config follows the spec (e.g. after a resume with changed
+                # runPolicy); patching it is cheap and happens only when a gang is created.
+                self.request(
+                    "patch_configmap",
+                    "PATCH",
+                    _path(kind, ns, name),
+                    body={"data": obj["data"]},
+                    content_type=MERGE_PATCH,
+                )
+            return existing, False
+        if not _left_by_predecessor(existing, obj):
+            raise ForeignObjectError(
+                f"{kind} {ns}/{name} exists and is not this job's (controller uid {theirs})"
+            )
+        # An earlier FineTuneJob of this name owned it: that job is gone (there is only one
+        # object per name), so the garbage collector is about to delete it anyway.
+        uid = (existing.get("metadata") or {}).get("uid")
+        self.request(
+            f"delete_{kind.lower()}",
+            "DELETE",
+            _path(kind, ns, name),
+            body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
+            ok=(404, 409),
+        )
+        res = self.request(f"create_{kind.lower()}", "POST", _path(kind, ns), body=obj, ok=(409,))
+        if res is None:  # still there (a finalizer): the next pass tries again
+            raise ForeignObjectError(
+                f"{kind} {ns}/{name} of an earlier job named {meta['labels'][LABEL_JOB_NAME]} "
+                "is still being deleted"
+            )
+        return res, True
 
     def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> Obj | None:
         """Delete a pod (404: already gone); ``force``: grace period 0 (its node is lost).

@@ -11,17 +11,30 @@ States (``status.state``) and how they move::
     (new) -> Pending --all workers Running--> Running --all exit 0--> Succeeded
                |  \\_ startupTimeout (Unschedulable, ImagePullBackOff, StartupTimeout) -> Failed
                v
-    any retryable failure (exit 1/75/137.., pod deleted/evicted, node NotReady, stall)
+    any retryable failure (exit 1/137.., OOMKilled, stall)
         -> Restarting (old gang deleted, back-off base*2^(n-1)) -> Pending (attempt+1) -> ...
         -> Failed BackoffLimitExceeded once restarts == backoffLimit
+    a disruption (exit 75 preemption, eviction, DisruptionTarget, node NotReady, pod deleted)
+        -> Restarting likewise, counted in disruptions, not restarts
+        -> Failed MaxDisruptionsExceeded once disruptions == maxDisruptions
     exit 78 (CONFIG_ERROR) -> Failed ConfigurationError at once
-    activeDeadlineSeconds since startTime -> Failed DeadlineExceeded
+    activeDeadlineSeconds of time not suspended since startTime -> Failed DeadlineExceeded
     suspend: true -> Suspended (pods deleted, status kept); false -> Pending (attempt+1)
+    pods of an earlier job of the same name (other owner UID) -> Pending WaitingForPreviousJob
 
 Clocks come from the status itself, so a restarted operator resumes them: the back-off from
 the Restarting condition's lastTransitionTime, the startup timeout from the current attempt's
 pod creation times, the stall timeout from ``progress.updatedAt`` (when the step last changed)
-or the Running condition's lastTransitionTime, the deadline from ``startTime``.
+or the Running condition's lastTransitionTime, the deadline from ``startTime`` plus
+``suspendedSeconds`` (the Suspended condition's lastTransitionTime says when a suspension
+began).
+
+Disruptions are kept apart from failures as a Kubernetes Job's pod failure policy ignores
+pods with the DisruptionTarget condition: a preempted, evicted or deleted pod, or one on a
+lost node, says nothing about the job, so it must not use up ``backoffLimit`` (a busy cluster
+would otherwise fail healthy jobs). In a gang one disrupted pod makes its peers fail too (a
+lost rendezvous peer, NCCL errors): when any pod of the failing gang was disrupted, the
+restart is a disruption.
 """
 
 from __future__ import annotations
@@ -32,8 +45,9 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
-from kubegraft.exitcodes import describe, is_permanent
+from kubegraft.exitcodes import ExitCode, describe, is_permanent
 from kubegraft_operator import conditions as cond
+from kubegraft_operator import names
 from kubegraft_operator.observe import (
     CONFIG_PROBLEMS,
     IMAGE_PROBLEMS,
@@ -54,12 +68,19 @@ CONFIRM_SECONDS = 2.0
 """Look again soon while waiting for pods we deleted to go away."""
 ACTIVE = frozenset({PodPhase.PENDING, PodPhase.RUNNING, PodPhase.UNKNOWN})
 
+DISRUPTION_REASONS = frozenset({"Evicted", "Preempting", "NodeLost", "Terminated"})
+"""Pod-level status reasons that mean the pod was taken away: the kubelet's node-pressure
+eviction, preemption by a critical pod, a lost node, a graceful node shutdown (container
+termination reasons never use these names)."""
+OOM_KILLED = "OOMKilled"
+
 WARNING_REASONS = frozenset(
     {
         "Unschedulable",
         "ImagePullBackOff",
         "CreateContainerConfigError",
         "StartupTimeout",
+        "WaitingForPreviousJob",
     }
 )
 
@@ -246,6 +267,7 @@ def _step(ctx: _Ctx) -> None:
 
     if st.state == JobState.SUSPENDED:
         # Resume: a fresh attempt (new pod names), from the latest checkpoint; not a restart.
+        _count_suspended_time(ctx)
         st.attempt += 1
         ctx.state(JobState.PENDING, "Resumed", f"job resumed as attempt {st.attempt}")
         ctx.set(cond.SUSPENDED, "False", "Resumed", "runPolicy.suspend is false")
@@ -253,14 +275,16 @@ def _step(ctx: _Ctx) -> None:
     if st.start_time and rp.active_deadline_seconds is not None:
         started = parse_time(st.start_time)
         if started is not None:
-            deadline = started + timedelta(seconds=rp.active_deadline_seconds)
+            deadline = started + timedelta(
+                seconds=rp.active_deadline_seconds + st.suspended_seconds
+            )
             if ctx.now >= deadline:
                 _fail(
                     ctx,
                     pods,
                     "DeadlineExceeded",
                     "job was active longer than activeDeadlineSeconds="
-                    f"{rp.active_deadline_seconds}",
+                    f"{rp.active_deadline_seconds} (time suspended not counted)",
                 )
                 return
             ctx.requeue((deadline - ctx.now).total_seconds())
@@ -271,7 +295,7 @@ def _step(ctx: _Ctx) -> None:
     # Failures of the current gang, permanent ones first.
     failed = [p for p in current if p.phase == PodPhase.FAILED]
     for p in failed:
-        if p.exit_code is not None and is_permanent(p.exit_code):
+        if p.exit_code is not None and is_permanent(p.exit_code) and not _disrupted(p):
             _fail(
                 ctx,
                 pods,
@@ -280,32 +304,47 @@ def _step(ctx: _Ctx) -> None:
                 f"succeed by retrying; fix the spec{_detail(p)}",
             )
             return
-    if failed:
-        p = failed[0]
-        if p.exit_code is not None:
-            reason = describe(p.exit_code)
-            message = f"worker {p.rank} ({p.name}) exited with code {p.exit_code}{_detail(p)}"
-        else:
-            reason = p.reason or "WorkerFailed"
-            message = f"worker {p.rank} ({p.name}) failed{_detail(p)}"
-        _restart(ctx, pods, reason, message)
-        return
     lost_node = [p for p in current if p.phase in ACTIVE and p.node_name in ctx.obs.not_ready_nodes]
+    deleted = [p for p in current if p.deleting and p.phase != PodPhase.FAILED]
+    present = {p.rank for p in current}
+    missing = sorted(set(range(spec.distributed.nodes)) - present)
+    # A disruption explains its peers' failures: it wins as the cause of the restart.
+    disrupted = [p for p in failed if _disrupted(p)]
+    if disrupted:
+        p = disrupted[0]
+        _restart(ctx, pods, *_failure(p), disruption=True)
+        return
     if lost_node:
         p = lost_node[0]
         _restart(
-            ctx, pods, "NodeLost", f"node {p.node_name} of worker {p.rank} ({p.name}) is NotReady"
+            ctx,
+            pods,
+            "NodeLost",
+            f"node {p.node_name} of worker {p.rank} ({p.name}) is NotReady",
+            disruption=True,
         )
         return
-    deleted = [p for p in current if p.deleting]
     if deleted:
         p = deleted[0]
-        _restart(ctx, pods, "PodDeleted", f"worker {p.rank} ({p.name}) was deleted or evicted")
+        _restart(
+            ctx,
+            pods,
+            "PodDeleted",
+            f"worker {p.rank} ({p.name}) was deleted or evicted",
+            disruption=True,
+        )
         return
-    present = {p.rank for p in current}
-    missing = sorted(set(range(spec.distributed.nodes)) - present)
+    if failed:
+        _restart(ctx, pods, *_failure(failed[0]))
+        return
     if missing and st.state == JobState.RUNNING:
-        _restart(ctx, pods, "PodDeleted", f"worker pod(s) of rank {missing} disappeared")
+        _restart(
+            ctx,
+            pods,
+            "PodDeleted",
+            f"worker pod(s) of rank {missing} disappeared",
+            disruption=True,
+        )
         return
     if current and not missing and all(p.phase == PodPhase.SUCCEEDED for p in current):
         _succeed(ctx, pods)
@@ -329,14 +368,59 @@ def _step(ctx: _Ctx) -> None:
     _forming_or_running(ctx, current)
 
 
+def _disrupted(p: PodObservation) -> bool:
+    """Whether the pod was taken away rather than failing by itself: the trainer's
+    preemption exit (75, it saved a checkpoint on SIGTERM), the DisruptionTarget condition,
+    a kubelet eviction, or a deletion by someone else (the operator deletes only pods of
+    attempts it has moved past, so a current pod being deleted was not deleted by it)."""
+    return (
+        p.disrupted
+        or p.deleting
+        or p.exit_code == ExitCode.PREEMPTED
+        or p.reason in DISRUPTION_REASONS
+    )
+
+
+def _failure(p: PodObservation) -> tuple[str, str]:
+    """(reason, message) of a failed worker; an OOM kill says OOMKilled in the reason."""
+    if p.reason == OOM_KILLED:
+        return OOM_KILLED, f"worker {p.rank} ({p.name}) was OOMKilled (exit code {p.exit_code})"
+    if p.reason in DISRUPTION_REASONS:  # the pod's own verdict names the cause, not the code
+        return p.reason or "", f"worker {p.rank} ({p.name}) failed{_detail(p)}"
+    if p.exit_code is not None:
+        return (
+            describe(p.exit_code),
+            f"worker {p.rank} ({p.name}) exited with code {p.exit_code}{_detail(p)}",
+        )
+    return p.reason or "WorkerFailed", f"worker {p.rank} ({p.name}) failed{_detail(p)}"
+
+
+def _count_suspended_time(ctx: _Ctx) -> None:
+    """On resume: add the suspension that is ending to ``suspendedSeconds`` when the deadline
+    clock was running (the job had started), so activeDeadlineSeconds counts only time not
+    suspended and a resumed job continues its budget where the suspension stopped it."""
+    st = ctx.status
+    started = parse_time(st.start_time)
+    suspended = cond.get_condition(st.conditions, cond.SUSPENDED)
+    since = parse_time(suspended.last_transition_time) if suspended is not None else None
+    if started is None or since is None or suspended is None or suspended.status != "True":
+        return
+    since = max(since, started)
+    if ctx.now > since:
+        st.suspended_seconds += int((ctx.now - since).total_seconds())
+
+
 def _detail(p: PodObservation) -> str:
     bits = [b for b in (p.reason, p.message) if b]
     return f" ({': '.join(bits)})" if bits else ""
 
 
 def _create_gang(ctx: _Ctx, stale: list[PodObservation], missing: list[int]) -> None:
-    """Create the missing pods of the current attempt, once the previous gang is gone."""
+    """Create the missing pods of the current attempt, once the previous gang is gone (and
+    the pods of an earlier job of the same name, which share the names and hostnames)."""
     st = ctx.status
+    if _waiting_for_previous_job(ctx, missing):
+        return
     old_active = [p for p in stale if p.phase in ACTIVE]
     if old_active:
         # Same hostnames: let the old gang go first so DNS never points at two rank 0s.
@@ -363,6 +447,27 @@ def _create_gang(ctx: _Ctx, stale: list[PodObservation], missing: list[int]) -> 
     )
     ctx.state(JobState.PENDING, "WaitingForGang", f"0/{n} workers running (attempt {st.attempt})")
     ctx.requeue(float(ctx.job.spec.run_policy.startup_timeout_seconds))
+
+
+def _waiting_for_previous_job(ctx: _Ctx, missing: list[int]) -> bool:
+    """Whether pods of another owner under this job's name (a deleted job of the same name,
+    its pods still terminating) keep the gang from being created: while one is active it
+    answers to the gang's hostnames and the Service's selector, and any with the name of a
+    pod to create blocks that name. They are not ours to delete; the garbage collector is
+    removing them, and their deletion events wake the job."""
+    mine = {names.pod(ctx.job.metadata.name, r, ctx.status.attempt) for r in missing}
+    blocking = [p for p in ctx.obs.foreign_pods if p.phase in ACTIVE or p.name in mine]
+    if not blocking:
+        return False
+    owners = sorted({p.owner_uid or "none" for p in blocking})
+    ctx.state(
+        JobState.PENDING,
+        "WaitingForPreviousJob",
+        f"waiting for {len(blocking)} pod(s) of an earlier job named {ctx.job.metadata.name} "
+        f"(owner uid {', '.join(owners)}) to terminate: " + ", ".join(p.name for p in blocking[:5]),
+    )
+    ctx.requeue(CONFIRM_SECONDS * 5)
+    return True
 
 
 def _forming_or_running(ctx: _Ctx, current: list[PodObservation]) -> None:
@@ -451,12 +556,28 @@ def _forming_or_running(ctx: _Ctx, current: list[PodObservation]) -> None:
     ctx.requeue((deadline - ctx.now).total_seconds())
 
 
-def _restart(ctx: _Ctx, pods: list[PodObservation], reason: str, message: str) -> None:
+def _restart(
+    ctx: _Ctx,
+    pods: list[PodObservation],
+    reason: str,
+    message: str,
+    *,
+    disruption: bool = False,
+) -> None:
     """Restart the whole gang (next attempt, from the last checkpoint), or fail when the
-    backoffLimit is used up."""
+    budget is used up: ``backoffLimit`` for failures, ``maxDisruptions`` for disruptions."""
     st = ctx.status
     rp = ctx.job.spec.run_policy
-    if st.restarts >= rp.backoff_limit:
+    if disruption and st.disruptions >= rp.max_disruptions:
+        _fail(
+            ctx,
+            pods,
+            "MaxDisruptionsExceeded",
+            f"{reason}: {message}; gang restarted {st.disruptions} time(s) after "
+            f"disruptions, maxDisruptions={rp.max_disruptions}",
+        )
+        return
+    if not disruption and st.restarts >= rp.backoff_limit:
         _fail(
             ctx,
             pods,
@@ -466,15 +587,21 @@ def _restart(ctx: _Ctx, pods: list[PodObservation], reason: str, message: str) -
         )
         return
     ctx.delete_active(pods)
-    st.restarts += 1
+    if disruption:
+        st.disruptions += 1
+        count = f"disruption {st.disruptions}/{rp.max_disruptions}"
+    else:
+        st.restarts += 1
+        count = f"restart {st.restarts}/{rp.backoff_limit}"
     st.attempt += 1
     st.last_restart_reason = reason
+    # The back-off grows with failures only (as the Job controller's): a disruption waits the
+    # delay the failures so far have reached.
     delay = backoff_seconds(rp.restart_backoff_seconds, st.restarts)
     ctx.state(
         JobState.RESTARTING,
         reason,
-        f"{message}; restarting the gang as attempt {st.attempt} in {delay:g}s "
-        f"(restart {st.restarts}/{rp.backoff_limit})",
+        f"{message}; restarting the gang as attempt {st.attempt} in {delay:g}s ({count})",
     )
     ctx.set(cond.RESTARTING, "True", reason, message)
     ctx.clear(cond.RUNNING, reason, message)

@@ -33,6 +33,12 @@ CONFIG_PROBLEMS = frozenset(
     {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 )
 """Container waiting reasons that mean the pod spec cannot start (a missing Secret, ...)."""
+DISRUPTION_CONDITION = "DisruptionTarget"
+"""The pod condition Kubernetes sets on a pod it is about to delete for reasons outside the
+workload (preemption by the scheduler, the Eviction API, the taint manager, pod GC of a lost
+node, the kubelet's node-pressure eviction); what a Job's pod failure policy matches."""
+MESSAGE_LIMIT = 400
+"""Characters of a pod's failure message that reach the job's status and Events."""
 
 
 class PodPhase(StrEnum):
@@ -63,6 +69,13 @@ class PodObservation:
     reason: str | None = None
     """Why it is not running: Unschedulable, ImagePullBackOff, Evicted, OOMKilled, ..."""
     message: str = ""
+    """A short reason (:func:`short_message`): the full text stays in the pod and its log."""
+    owner_uid: str | None = None
+    """UID of the pod's controller (ownerReference with controller: true): the job it belongs
+    to. A job recreated under the same name has another UID, so the pods of its predecessor
+    are never taken for its own."""
+    disrupted: bool = False
+    """Kubernetes marked it a disruption target (condition DisruptionTarget=True)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,10 @@ class Observation:
     """Nodes whose Ready condition is False or Unknown (a lost kubelet)."""
     progress: ProgressReport | None = None
     """rank 0's latest report, from the progress ConfigMap."""
+    foreign_pods: tuple[PodObservation, ...] = ()
+    """Pods with the job's name label that another owner controls: in practice those of an
+    earlier job of the same name, deleted but with pods still terminating. Never counted,
+    never adopted; the job waits for them to go (same pod names and hostnames)."""
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -96,6 +113,35 @@ def _int_label(labels: Mapping[str, str], key: str) -> int | None:
         return int(labels.get(key, ""))
     except ValueError:
         return None
+
+
+def controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The UID in an object's controller ownerReference, if it has one."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            uid = ref.get("uid")
+            return str(uid) if uid else None
+    return None
+
+
+def short_message(text: str | None, limit: int = MESSAGE_LIMIT) -> str:
+    """A failure message cut down to what belongs in a status or an Event: the trainer's
+    termination message is a JSON record whose ``message`` may hold a whole traceback, so
+    only its last line (the exception) is kept, whitespace squeezed, at most ``limit``
+    characters. The traceback itself is in the container's log."""
+    if not text:
+        return ""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("message"), str):
+            text = record["message"].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = " ".join(lines[-1].split()) if lines else ""
+    return last if len(last) <= limit else last[: limit - 3].rstrip() + "..."
 
 
 def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
@@ -127,7 +173,10 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
                 reason = w
                 message = waiting.get("message") or message
     ready = False
+    disrupted = False
     for cond in status.get("conditions") or []:
+        if cond.get("type") == DISRUPTION_CONDITION and cond.get("status") == "True":
+            disrupted = True
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and reason is None:
             reason = cond.get("reason") or "Unschedulable"
             message = cond.get("message") or message
@@ -144,7 +193,9 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
         deleting=bool(meta.get("deletionTimestamp")),
         exit_code=exit_code,
         reason=reason,
-        message=message,
+        message=short_message(message),
+        owner_uid=controller_uid(meta),
+        disrupted=disrupted,
     )
 
 
@@ -152,6 +203,18 @@ def observe_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[PodObservation, ...
     """All worker pods, sorted by (attempt, rank) for stable decisions."""
     seen = [o for p in pods if (o := observe_pod(p)) is not None]
     return tuple(sorted(seen, key=lambda o: (o.attempt, o.rank, o.name)))
+
+
+def split_by_owner(
+    pods: Iterable[PodObservation], uid: str | None
+) -> tuple[tuple[PodObservation, ...], tuple[PodObservation, ...]]:
+    """(the job's own pods, the others), by controller UID; with no UID to match (a job not
+    read from an API server), every pod is the job's."""
+    own: list[PodObservation] = []
+    other: list[PodObservation] = []
+    for p in pods:
+        (own if not uid or p.owner_uid == uid else other).append(p)
+    return tuple(own), tuple(other)
 
 
 def node_is_ready(node: Mapping[str, Any]) -> bool:

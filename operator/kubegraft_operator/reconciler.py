@@ -19,10 +19,9 @@ import asyncio
 import contextlib
 import copy
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,9 +34,9 @@ from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
 from kubegraft.constants import LABEL_COMPONENT
 from kubegraft_operator import conditions as cond
 from kubegraft_operator import metrics, settings
-from kubegraft_operator.apply import ENV_FAULT_EXIT_AFTER_CREATES, Api, merge_patch
+from kubegraft_operator.apply import Api, merge_patch
 from kubegraft_operator.decide import Decision, Event, decide
-from kubegraft_operator.observe import Observation, format_time
+from kubegraft_operator.observe import Observation, format_time, short_message
 from kubegraft_operator.render import COMPONENT_CONFIG
 from kubegraft_operator.store import Key, Store, newer_or_equal
 
@@ -172,28 +171,26 @@ class Reconciler:
         second = [o for o in decision.create if not _before_pods(o)]
         second.sort(key=lambda o: o["kind"] != "Pod")  # stable: pods first, in rank order
         for wave in (first, second):
-            for obj, created in self._create_wave(decision, wave):
-                if created is not None and obj["kind"] == "Pod":
-                    pods.append(created)
+            for obj, answer in self._create_wave(decision, wave):
+                # Created or found (a pod left by an operator that died, or by an earlier job
+                # of the same name): either way the cache must know it at once.
+                if obj["kind"] == "Pod":
+                    pods.append(answer)
         return pods
 
-    def _create_wave(self, decision: Decision, wave: list[Obj]) -> list[tuple[Obj, Obj | None]]:
+    def _create_wave(self, decision: Decision, wave: list[Obj]) -> list[tuple[Obj, Obj]]:
         """Create-if-absent every object of ``wave`` at once and wait for all of them.
         A pod the API server refuses (400/403/422) goes to :meth:`_pod_refused`; any other
         error is raised after the whole wave finished."""
         if not wave:
             return []
-        if os.environ.get(ENV_FAULT_EXIT_AFTER_CREATES):
-            # The fault-injection test counts creates: keep their order deterministic.
-            futures = [_done(self.api.create_if_absent, obj) for obj in wave]
-        else:
-            futures = [self.fanout.submit(self.api.create_if_absent, obj) for obj in wave]
-        results: list[tuple[Obj, Obj | None]] = []
+        futures = [self.fanout.submit(self.api.create_if_absent, obj) for obj in wave]
+        results: list[tuple[Obj, Obj]] = []
         refused: tuple[Obj, ApiException] | None = None
         error: Exception | None = None
         for obj, future in zip(wave, futures, strict=True):
             try:
-                results.append((obj, future.result()))  # waits for every create
+                results.append((obj, future.result()[0]))  # waits for every create
             except ApiException as e:
                 if obj["kind"] == "Pod" and e.status in (400, 403, 422):
                     refused = refused or (obj, e)
@@ -214,7 +211,9 @@ class Reconciler:
         now = datetime.now(UTC)
         now_s = format_time(now)
         gen = st.observed_generation
-        detail = (e.body or str(e.reason))[:2000] if isinstance(e.body, str) else str(e.reason)
+        # The API's own message (the Status object's), not the whole answer.
+        body = e.body if isinstance(e.body, str) else ""
+        detail = short_message(body, limit=1000) or str(e.reason)
         if e.status == 403:
             st.state, st.reason = JobState.PENDING, "PodCreationForbidden"
             st.message = f"creating {obj['metadata']['name']} was refused (403): {detail}"
@@ -323,8 +322,10 @@ class Reconciler:
         if (raw.get("metadata") or {}).get("deletionTimestamp"):
             return None
         pool = self.starter if not raw.get("status") else self.executor
+        # The job's own pods and report only: matched by our UID, not by the name label.
+        uid = (raw.get("metadata") or {}).get("uid")
         outcome = await asyncio.get_running_loop().run_in_executor(
-            pool, self.reconcile_once, raw, self.store.observation(key), datetime.now(UTC)
+            pool, self.reconcile_once, raw, self.store.observation(key, uid), datetime.now(UTC)
         )
         for pod in outcome.pods:
             self.store.put_pod(pod)
@@ -364,16 +365,6 @@ def _version_and_status(job: Mapping[str, Any]) -> Obj:
         "metadata": {"resourceVersion": meta.get("resourceVersion")},
         "status": job.get("status"),
     }
-
-
-def _done(fn: Callable[[Obj], Obj | None], obj: Obj) -> Future[Obj | None]:
-    """``fn(obj)`` run now, as a finished future (the sequential path of a wave)."""
-    future: Future[Obj | None] = Future()
-    try:
-        future.set_result(fn(obj))
-    except Exception as e:
-        future.set_exception(e)
-    return future
 
 
 def _post_events(live_body: Mapping[str, Any], events: list[Event]) -> None:

@@ -58,7 +58,27 @@ KUEUE_POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 the gang all-or-nothing (its plain-pod integration); see docs/operator.md."""
 
 CONTAINER_NAME = "trainer"
-HF_TOKEN_ENV = "HF_TOKEN"
+HF_TOKEN_PATH_ENV = "HF_TOKEN_PATH"
+"""huggingface_hub reads the token from the file this names (when HF_TOKEN is unset)."""
+HF_TOKEN_DIR = "/var/run/secrets/kubegraft/hub"
+HF_TOKEN_FILE = "token"
+TMP_DIR = "/tmp"
+CACHE_DIR = "/var/cache/kubegraft"
+CACHE_ENV = {
+    "HOME": CACHE_DIR,
+    "XDG_CACHE_HOME": CACHE_DIR,
+    "HF_HOME": f"{CACHE_DIR}/huggingface",
+    "TORCH_HOME": f"{CACHE_DIR}/torch",
+    "TORCH_EXTENSIONS_DIR": f"{CACHE_DIR}/torch_extensions",
+    "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torchinductor",
+    "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+    "MPLCONFIGDIR": f"{CACHE_DIR}/matplotlib",
+}
+"""The container's root filesystem is read-only: everything the ML stack writes besides the
+output (the Hub's downloads, compiled kernels of DeepSpeed, Triton and Inductor, whatever
+writes to $HOME) goes to the cache emptyDir, and temporary files to the /tmp emptyDir.
+spec.pod.env comes after these, so a user can point them elsewhere (e.g. a volume with a
+pre-filled Hub cache)."""
 RUN_AS_USER = 1000
 """A fixed non-root UID: runAsNonRoot alone fails for images whose user is root by name."""
 
@@ -96,12 +116,17 @@ def _meta(name: str, namespace: str, job: str, uid: str, component: str) -> Obj:
 
 
 def config_document(job: FineTuneJob, namespace: str) -> str:
-    """The job manifest the trainer reads (``job.yaml``): only name, namespace and spec."""
+    """The job manifest the trainer reads (``job.yaml``): only name, namespace and spec, and
+    of the spec not ``pod.env``. The environment reaches the trainer as the container's
+    environment; a literal value there may be a secret a user should have put in a Secret,
+    and a ConfigMap is readable by anyone who may read the namespace's ConfigMaps."""
+    spec = job.spec.to_wire()
+    spec.get("pod", {}).pop("env", None)
     doc = {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": job.metadata.name, "namespace": namespace},
-        "spec": job.spec.to_wire(),
+        "spec": spec,
     }
     return yaml.dump(doc, Dumper=YamlDumper, sort_keys=True)
 
@@ -240,17 +265,31 @@ def _env(job: FineTuneJob, *, namespace: str, rank: int, attempt: int) -> list[O
         )
     else:
         env.append({"name": ENV_METRICS_PORT, "value": "0"})
-    ref = job.spec.model.token_secret_ref
-    if ref is not None:
-        # By reference only: the operator never reads the Secret's value.
-        env.append(
-            {
-                "name": HF_TOKEN_ENV,
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
+    env.extend({"name": k, "value": v} for k, v in CACHE_ENV.items())
+    if job.spec.model.token_secret_ref is not None:
+        # A file in a Secret volume, not an environment variable: the environment is copied
+        # into every child process, crash reports and `ps e`; a file is read when needed.
+        env.append({"name": HF_TOKEN_PATH_ENV, "value": f"{HF_TOKEN_DIR}/{HF_TOKEN_FILE}"})
     env.extend(job.spec.pod.env)
     return env
+
+
+def _token_volume(job: FineTuneJob) -> list[Obj]:
+    """The Hub token Secret as a volume with one file; by reference only: the operator never
+    reads the Secret's value."""
+    ref = job.spec.model.token_secret_ref
+    if ref is None:
+        return []
+    return [
+        {
+            "name": "kubegraft-hub-token",
+            "secret": {
+                "secretName": ref.name,
+                "items": [{"key": ref.key, "path": HF_TOKEN_FILE}],
+                "defaultMode": 0o440,
+            },
+        }
+    ]
 
 
 def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt: int) -> Obj:
@@ -295,11 +334,19 @@ def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt
             {"name": "config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
             {"name": "shm", "mountPath": SHM_MOUNT_DIR},
             {"name": "output", "mountPath": spec.output.path},
+            {"name": "kubegraft-tmp", "mountPath": TMP_DIR},
+            {"name": "kubegraft-cache", "mountPath": CACHE_DIR},
+            *(
+                [{"name": "kubegraft-hub-token", "mountPath": HF_TOKEN_DIR, "readOnly": True}]
+                if spec.model.token_secret_ref is not None
+                else []
+            ),
             *p.volume_mounts,
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
@@ -328,6 +375,9 @@ def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt
             {"name": "config", "configMap": {"name": names.config_map(name)}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": p.shm_size}},
             output_volume,
+            {"name": "kubegraft-tmp", "emptyDir": {}},
+            {"name": "kubegraft-cache", "emptyDir": {}},
+            *_token_volume(job),
             *p.volumes,
         ],
     }

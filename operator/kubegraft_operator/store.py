@@ -28,9 +28,11 @@ from kubegraft.constants import LABEL_ATTEMPT, LABEL_JOB_NAME, LABEL_NODE_RANK
 from kubegraft.progress import CONFIGMAP_KEY, ProgressReport
 from kubegraft_operator.observe import (
     Observation,
+    controller_uid,
     node_is_ready,
     observe_pods,
     observe_progress,
+    split_by_owner,
 )
 
 Key = tuple[str, str]
@@ -44,6 +46,11 @@ def _rv(obj: Mapping[str, Any]) -> int | None:
         return int((obj.get("metadata") or {}).get("resourceVersion", ""))
     except ValueError:
         return None
+
+
+def _uid(obj: Mapping[str, Any]) -> str | None:
+    uid = (obj.get("metadata") or {}).get("uid")
+    return str(uid) if uid else None
 
 
 def newer_or_equal(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
@@ -73,6 +80,10 @@ def _pick(obj: Mapping[str, Any], keys: tuple[str, ...]) -> Obj:
 def _slim_meta(meta: Mapping[str, Any]) -> Obj:
     out = _pick(meta, _META_KEYS)
     out["labels"] = _pick(meta.get("labels") or {}, _LABEL_KEYS)
+    # Ownership is by the controller's UID (the name label is shared by every job ever
+    # created under that name): keep only that reference, and of it only the UID.
+    if uid := controller_uid(meta):
+        out["ownerReferences"] = [{"controller": True, "uid": uid}]
     return out
 
 
@@ -115,7 +126,8 @@ def slim_progress(obj: Mapping[str, Any]) -> Obj:
 
 
 def job_key(obj: Mapping[str, Any]) -> Key | None:
-    """The owning job of a labelled object, or None."""
+    """The job name a labelled object is filed under, or None. Several jobs may have had that
+    name (deleted and recreated): :meth:`Store.observation` tells them apart by owner UID."""
     meta = obj.get("metadata") or {}
     job = (meta.get("labels") or {}).get(LABEL_JOB_NAME)
     ns = meta.get("namespace")
@@ -165,7 +177,9 @@ class Store:
         uid = pod["metadata"].get("uid")
         if deleted:
             pods = self.pods.get(key)
-            if pods is not None:
+            cached = pods.get(name) if pods is not None else None
+            # Only that pod: a pod of the same name created since (a recreated job's) stays.
+            if pods is not None and (cached is None or _uid(cached) in (None, uid)):
                 pods.pop(name, None)
                 if not pods:  # nothing left of a job that is gone or finished
                     del self.pods[key]
@@ -224,11 +238,19 @@ class Store:
         ]
 
     # -------------------------------------------------------------- snapshots
-    def observation(self, key: Key) -> Observation:
-        """An immutable snapshot of what is known about one job."""
-        report: ProgressReport | None = observe_progress(self.progress.get(key))
+    def observation(self, key: Key, uid: str | None = None) -> Observation:
+        """An immutable snapshot of what is known about one job: the job whose UID is
+        ``uid``. Pods and a progress report of another owner under the same name (an earlier
+        job of that name) are not the job's: the pods come as ``foreign_pods``, the report
+        not at all. Without a UID everything under the name is the job's."""
+        progress = self.progress.get(key)
+        if progress is not None and uid and controller_uid(progress["metadata"]) != uid:
+            progress = None
+        report: ProgressReport | None = observe_progress(progress)
+        own, foreign = split_by_owner(observe_pods(list(self.pods.get(key, {}).values())), uid)
         return Observation(
-            pods=observe_pods(list(self.pods.get(key, {}).values())),
+            pods=own,
             not_ready_nodes=frozenset(self.not_ready_nodes),
             progress=report,
+            foreign_pods=foreign,
         )

@@ -177,7 +177,15 @@ def test_printer_columns(generated: dict[str, Any], root: dict[str, Any]) -> Non
         ("LOSS", ".status.metrics.trainLoss"),
         ("AGE", ".metadata.creationTimestamp"),
     ]
-    assert [name for name, _ in wide] == ["TASK", "FREEZE", "STRATEGY", "RESTARTS", "ETA", "MODEL"]
+    assert [name for name, _ in wide] == [
+        "TASK",
+        "FREEZE",
+        "STRATEGY",
+        "RESTARTS",
+        "DISRUPTIONS",
+        "ETA",
+        "MODEL",
+    ]
     for _, json_path in default + wide:
         node = root
         parts = json_path.strip(".").split(".")

@@ -153,14 +153,19 @@ def test_rank0_done_while_others_still_run_is_still_running() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "reason"), [(1, "WorkerFailed"), (75, "Preempted"), (137, "OOMKilledOrKilled")]
+    ("code", "reason", "failures", "disruptions"),
+    [(1, "WorkerFailed", 1, 0), (75, "Preempted", 0, 1), (137, "OOMKilledOrKilled", 1, 0)],
 )
-def test_retryable_exit_restarts_the_whole_gang_with_backoff(code: int, reason: str) -> None:
+def test_retryable_exit_restarts_the_whole_gang_with_backoff(
+    code: int, reason: str, failures: int, disruptions: int
+) -> None:
     job = running_job()
     t = T0 + timedelta(seconds=30)
     job, d = step(job, (pod(0, "Running"), pod(1, "Failed", exit_code=code)), t)
     st = d.status
-    assert (st.state, st.reason, st.restarts, st.attempt) == (JobState.RESTARTING, reason, 1, 1)
+    assert (st.state, st.reason, st.attempt) == (JobState.RESTARTING, reason, 1)
+    # A preemption (75) is a disruption: it does not use up backoffLimit.
+    assert (st.restarts, st.disruptions) == (failures, disruptions)
     assert st.last_restart_reason == reason
     assert d.delete_pods == ["j-worker-0-a0"]  # the survivor; the failed pod is kept for its logs
     assert d.gang_restart_reason == reason
@@ -188,7 +193,12 @@ def test_retryable_exit_restarts_the_whole_gang_with_backoff(code: int, reason: 
         t + timedelta(seconds=12),
     )
     st = d.status
-    assert (st.state, st.restarts, st.attempt, st.nodes_ready) == (JobState.RUNNING, 1, 1, "2/2")
+    assert (st.state, st.restarts, st.attempt, st.nodes_ready) == (
+        JobState.RUNNING,
+        failures,
+        1,
+        "2/2",
+    )
     assert not cond.is_true(st.conditions, cond.RESTARTING)
     assert st.start_time == job.status.start_time  # type: ignore[union-attr]
 

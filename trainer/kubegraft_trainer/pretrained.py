@@ -64,7 +64,8 @@ CHECKPOINT_FIELD = "spec.model.checkpoint"
 ARCHITECTURE_FIELD = "spec.model.architecture"
 NUM_LABELS_FIELD = "spec.model.head.numLabels"
 HF_TOKEN_ENV = "HF_TOKEN"
-"""Environment variable the token Secret (spec.model.tokenSecretRef) is mounted as."""
+"""Environment variable with a Hub token (`kubegraft run`); in a pod the token Secret
+(spec.model.tokenSecretRef) is a file whose path is in HF_TOKEN_PATH."""
 EXPORT_MANIFEST = "kubegraft.json"
 EXPORT_WEIGHTS = "model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
@@ -321,13 +322,16 @@ def _download_from_hub(mspec: ModelSpec) -> Path:
         raise ConfigError(
             f"{mspec.checkpoint!r}: expected hf://<org>/<name>", field=CHECKPOINT_FIELD
         )
-    token = os.environ.get(HF_TOKEN_ENV) or None
+    from huggingface_hub import get_token, snapshot_download
+
+    token = get_token()  # HF_TOKEN, else the file at HF_TOKEN_PATH (the pod's Secret volume)
     if mspec.token_secret_ref is not None and token is None:
         log.warning(
-            "spec.model.tokenSecretRef is set but %s is not in the environment", HF_TOKEN_ENV
+            "spec.model.tokenSecretRef is set but neither %s nor the file at HF_TOKEN_PATH "
+            "holds a token",
+            HF_TOKEN_ENV,
         )
     offline = hub_offline()
-    from huggingface_hub import snapshot_download
 
     where = f"{mspec.checkpoint}" + (f"@{mspec.revision}" if mspec.revision else "")
     try:
