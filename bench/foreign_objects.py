@@ -35,15 +35,15 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "operator"):
+for _p in (ROOT, ROOT / "operator", ROOT / "tests"):  # tests/: operator_harness
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
 from kubernetes import client, config  # noqa: E402
+from operator_harness import OperatorProcess, wait_for  # noqa: E402
 from operator_scale import control_plane, cpu_seconds, log, peak_rss_mb  # noqa: E402
 
 from kubegraft.devcluster.manifests import OUTCOME_LABEL  # noqa: E402
-from kubegraft_operator.testing import OperatorProcess, wait_for  # noqa: E402
 
 PADDING = "x" * 2000  # a ConfigMap of ~2 KB, a small one
 

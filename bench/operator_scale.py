@@ -60,15 +60,15 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "operator"):
+for _p in (ROOT, ROOT / "operator", ROOT / "tests"):  # tests/: operator_harness
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
 from kubernetes import client, watch  # noqa: E402
+from operator_harness import OperatorProcess, operator_kubeconfig  # noqa: E402
 
 from kubegraft.devcluster import cluster as devcluster  # noqa: E402
 from kubegraft.devcluster.manifests import OUTCOME_LABEL  # noqa: E402
-from kubegraft_operator.testing import OperatorProcess, operator_kubeconfig  # noqa: E402
 
 NODES_PER_JOB = 4
 PODS_PER_FAKE_NODE = 110

@@ -9,7 +9,8 @@ lazily, and only by :meth:`.cluster.Cluster.api_client`.
 
 Layout: ``binaries`` finds or builds the executables, ``pki`` makes certificates, ``procs``
 starts and stops processes by pid, ``kubeconfig`` writes client configs, ``manifests`` holds the
-pure node/Stage builders, ``cluster`` wires them together, ``pytest_plugin`` holds fixtures.
+pure node/Stage builders, ``cluster`` wires them together. The pytest fixtures over it are
+test code: ``tests/conftest.py``.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ from kubegraft.constants import LABEL_COMPONENT
 from kubegraft_operator import conditions as cond
 from kubegraft_operator import metrics, settings
 from kubegraft_operator.apply import Api, merge_patch
-from kubegraft_operator.decide import Decision, Event, decide
-from kubegraft_operator.observe import Observation, format_time, short_message
+from kubegraft_operator.decide import CONFIRM_SECONDS, Decision, Event, decide
+from kubegraft_operator.observe import Observation, controller_uid, format_time, short_message
 from kubegraft_operator.render import COMPONENT_CONFIG
 from kubegraft_operator.store import Key, Store, newer_or_equal
 
@@ -140,8 +140,14 @@ class Reconciler:
         if decision.delete_job:
             self.api.delete_job(ns, name)
         state = decision.status.state
+        requeue = decision.requeue_after
+        uid = meta.get("uid")
+        if uid and any(controller_uid(p.get("metadata") or {}) != uid for p in pods):
+            # A create found a pod of an earlier job of this name (the cache did not know it):
+            # the next pass, with it in the cache, says so and waits for it.
+            requeue = CONFIRM_SECONDS if requeue is None else min(requeue, CONFIRM_SECONDS)
         return Outcome(
-            requeue_after=decision.requeue_after,
+            requeue_after=requeue,
             events=decision.events,
             written=written,
             state=str(state) if state else None,

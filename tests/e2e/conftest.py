@@ -4,7 +4,7 @@ the benchmarks' smoke runs.
 Every test collected from this directory carries the ``e2e`` marker, even if its module forgot
 ``pytestmark``, so ``pytest -m unit`` or ``-m integration`` never selects one. The control
 plane fixtures (``cluster``, ``crd``, ``namespace``) come from
-``kubegraft.devcluster.pytest_plugin`` (registered in ``tests/conftest.py``).
+``tests/conftest.py``.
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ How a pod becomes a local process (the differences from a node are the point of 
   ``port_env`` names env vars whose port is replaced by a free one (e.g. the metrics port).
   A pod is not started while a process with the same hostname still runs, as the old gang
   would otherwise still hold rank 0's port.
-- **Volumes**: a ConfigMap volume is written (from the real ConfigMap) into a per-pod dir;
-  ``emptyDir`` with ``medium: Memory`` on ``/dev/shm`` is the host's ``/dev/shm``; any other
+- **Volumes**: a ConfigMap or Secret volume is written (from the real object) into a per-pod
+  dir; ``emptyDir`` with ``medium: Memory`` on ``/dev/shm`` is the host's ``/dev/shm``, an
+  ``emptyDir`` on ``/tmp`` the host's ``/tmp`` (so host paths under it, such as a
+  test's output dir, are not rewritten); any other
   volume must be named in ``host_dirs`` (volume name -> host dir, e.g. one output dir shared
   by both ranks, which is what a ReadWriteMany PVC gives on a cluster). Every mountPath is
   rewritten to its host dir in argv and env. Files *inside* a volume are not rewritten, so a
@@ -483,6 +485,17 @@ class LocalKubelet:
                 cm = self.core.read_namespaced_config_map(vol["configMap"]["name"], self.namespace)
                 for key, text in (cm.data or {}).items():
                     (host / key).write_text(text)
+            elif "secret" in vol:
+                import base64
+
+                host = local.work_dir / "volumes" / m["name"]
+                host.mkdir(parents=True, exist_ok=True)
+                secret = self.core.read_namespaced_secret(
+                    vol["secret"]["secretName"], self.namespace
+                )
+                data = secret.data or {}
+                for item in vol["secret"].get("items") or [{"key": k, "path": k} for k in data]:
+                    (host / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
             elif "projected" in vol:
                 host = local.work_dir / "volumes" / m["name"]
                 self._project(local, spec, vol["projected"], host)
@@ -491,6 +504,8 @@ class LocalKubelet:
                 host.mkdir(parents=True, exist_ok=True)
             elif path == SHM and (vol.get("emptyDir") or {}).get("medium") == "Memory":
                 host = Path(SHM)
+            elif path == "/tmp" and "emptyDir" in vol:
+                host = Path("/tmp")
             elif "emptyDir" in vol:
                 host = local.work_dir / "volumes" / m["name"]
                 host.mkdir(parents=True, exist_ok=True)

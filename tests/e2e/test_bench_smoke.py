@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from operator_harness import repo_root
 
 from kubegraft.devcluster.cluster import Cluster
-from kubegraft_operator.testing import repo_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -28,17 +28,17 @@ from typing import Any
 import pytest
 import yaml
 from local_kubelet import LocalKubelet, ca_file_from_kubeconfig, free_port
-
-from kubegraft.devcluster.cluster import Cluster
-from kubegraft.devcluster.manifests import OUTCOME_LABEL
-from kubegraft.exitcodes import describe
-from kubegraft.progress import _patch_configmap
-from kubegraft_operator.testing import (
+from operator_harness import (
     Kube,
     OperatorProcess,
     repo_root,
     wait_for,
 )
+
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft.devcluster.manifests import OUTCOME_LABEL
+from kubegraft.exitcodes import describe
+from kubegraft.progress import _patch_configmap
 from kubegraft_trainer.checkpointing import latest_checkpoint, list_checkpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from kubegraft_operator.testing import OperatorProcess
+from operator_harness import OperatorProcess
 
 HERE = Path(__file__).parent
 TEST_NAMESPACES = "t-*"
-"""The namespace fixture's names all start so (see kubegraft.devcluster.pytest_plugin)."""
+"""The namespace fixture's names all start so (see tests/conftest.py)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-
-from kubegraft.devcluster.cluster import Cluster
-from kubegraft.devcluster.manifests import OUTCOME_LABEL
-from kubegraft_operator.settings import FINALIZER
-from kubegraft_operator.testing import (
+from operator_harness import (
     Kube,
     OperatorProcess,
     job_manifest,
     state_is,
     wait_for,
 )
+
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft.devcluster.manifests import OUTCOME_LABEL
+from kubegraft_operator.settings import FINALIZER
 
 pytestmark = pytest.mark.integration
 WAIT = 120
@@ -378,11 +378,12 @@ def test_pod_deleted_from_under_the_job_restarts_the_gang(
     wait_for(lambda: state_is(kube, namespace, "evicted", "Running"), WAIT, message="Running")
     kube.core.delete_namespaced_pod("evicted-worker-1-a0", namespace)
     st = wait_for(
-        lambda: (s := kube.status(namespace, "evicted")).get("restarts") == 1 and s,
+        lambda: (s := kube.status(namespace, "evicted")).get("disruptions") == 1 and s,
         WAIT,
         message="restart",
     )
     assert st["lastRestartReason"] == "PodDeleted"
+    assert st["restarts"] == 0  # a disruption: backoffLimit is not used up
     st = wait_for(
         lambda: state_is(kube, namespace, "evicted", "Running"), WAIT, message="Running again"
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from operator_harness import repo_root
 
 from kubegraft.devcluster.cluster import Cluster
-from kubegraft_operator.testing import repo_root
 
 pytestmark = pytest.mark.integration
 

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 import yaml
-
-from kubegraft.devcluster.cluster import Cluster
-from kubegraft.progress import ProgressReport, _patch_configmap
-from kubegraft_operator.testing import (
+from operator_harness import (
     Kube,
     OperatorProcess,
     job_manifest,
     wait_for,
 )
+
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft.progress import ProgressReport, _patch_configmap
 
 pytestmark = pytest.mark.integration
 WAIT = 120

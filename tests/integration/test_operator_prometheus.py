@@ -8,15 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from kubegraft.devcluster.prometheus import Prometheus
-from kubegraft_operator.testing import (
+from operator_harness import (
     Kube,
     OperatorProcess,
     job_manifest,
     state_is,
     wait_for,
 )
+
+from kubegraft.devcluster.prometheus import Prometheus
 
 pytestmark = pytest.mark.integration
 WAIT = 120

@@ -16,12 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from kubegraft.devcluster import procs
-from kubegraft.devcluster.cluster import Cluster
-from kubegraft.devcluster.manifests import FAKE_NODE_ANNOTATION
-from kubegraft_operator.apply import ENV_FAULT_EXIT_AFTER_CREATES
-from kubegraft_operator.testing import (
+from operator_harness import (
     Kube,
     OperatorProcess,
     job_manifest,
@@ -29,6 +24,10 @@ from kubegraft_operator.testing import (
     state_is,
     wait_for,
 )
+
+from kubegraft.devcluster import procs
+from kubegraft.devcluster.cluster import Cluster
+from kubegraft.devcluster.manifests import FAKE_NODE_ANNOTATION
 
 pytestmark = pytest.mark.integration
 WAIT = 120
@@ -53,7 +52,7 @@ def test_killed_half_way_then_restarted_creates_nothing_twice(
         op_kubeconfig,
         tmp_path / "crash.log",
         namespace=namespace,
-        env={ENV_FAULT_EXIT_AFTER_CREATES: "5"},
+        exit_after_creates=5,
     ).start()
     kube.create_job(namespace, job_manifest("crash", nodes=4, delay="3s"))
     assert crashing.proc is not None
@@ -215,11 +214,12 @@ def test_node_not_ready_restarts_the_gang_on_other_nodes(
         try:
             _set_ready(cluster, node, "False")
             st = wait_for(
-                lambda: (s := kube.status(namespace, "lost")).get("restarts") == 1 and s,
+                lambda: (s := kube.status(namespace, "lost")).get("disruptions") == 1 and s,
                 WAIT,
                 message="gang restart",
             )
             assert st["lastRestartReason"] == "NodeLost"
+            assert st["restarts"] == 0  # a lost node is a disruption, not a failure
             st = wait_for(
                 lambda: state_is(kube, namespace, "lost", "Running"), WAIT, message="Running again"
             )

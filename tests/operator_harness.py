@@ -4,7 +4,9 @@ it with SIGKILL half-way and start it again, or run two replicas with peering).
 
 Nothing here is a mock: the process is ``python -m kubegraft_operator`` with a kubeconfig,
 usually one holding the operator ServiceAccount's token (:func:`operator_kubeconfig`), so
-the RBAC in ``manifests/rbac/`` is what it runs with.
+the RBAC in ``manifests/rbac/`` is what it runs with. With ``exit_after_creates`` it is the
+same operator started through :mod:`operator_faults` (test code, like this module: the
+packages users run have no fault-injection seams).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import yaml
 import kubegraft
 import kubegraft_operator
 
+HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
 OPERATOR_NAMESPACE = "kubegraft-system"
 OPERATOR_SERVICE_ACCOUNT = "kubegraft-operator"
@@ -112,6 +115,7 @@ class OperatorProcess:
         priority: int | None = None,
         env: dict[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        exit_after_creates: int | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -120,12 +124,16 @@ class OperatorProcess:
         self.priority = priority
         self.env = dict(env or {})
         self.extra_args = list(extra_args)
+        self.exit_after_creates = exit_after_creates
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        args = [sys.executable, "-m", "kubegraft_operator"]
+        if self.exit_after_creates is None:
+            args = [sys.executable, "-m", "kubegraft_operator"]
+        else:
+            args = [sys.executable, "-m", "operator_faults", str(self.exit_after_creates)]
         args += ["--namespace", self.namespace] if self.namespace else ["--all-namespaces"]
         args += [f"--peering={self.peering}"] if self.peering else ["--standalone"]
         args += [f"--liveness=http://127.0.0.1:{self.health_port}/healthz", *self.extra_args]
@@ -136,6 +144,8 @@ class OperatorProcess:
             str(Path(kubegraft_operator.__file__).resolve().parents[1]),
             str(Path(kubegraft.__file__).resolve().parents[1]),
         ]
+        if self.exit_after_creates is not None:
+            pythonpath.append(str(HERE))  # operator_faults
         if os.environ.get("PYTHONPATH"):
             pythonpath.append(os.environ["PYTHONPATH"])
         env = {
@@ -253,6 +263,8 @@ def job_manifest(
             "training": {"maxSteps": 200},
             "distributed": distributed,
             "pod": {"labels": {OUTCOME_LABEL: outcome}, "annotations": annotations},
+            # kwok's pods write nothing: no PersistentVolumeClaim needed.
+            "output": {"ephemeral": True},
             "runPolicy": {
                 "restartBackoffSeconds": 1,
                 "startupTimeoutSeconds": 60,
