@@ -206,7 +206,8 @@ class ModelSpec(ApiModel):
     """Hub revision (branch, tag or commit) for hf:// checkpoints."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret holding a Hugging Face Hub token, for gated or private checkpoints. Mounted into
-    the pods by reference; the operator never reads it."""
+    the pods as a read-only file (HF_TOKEN_PATH names it), never as an environment variable;
+    the operator never reads it."""
     head: Head = Field(default_factory=Head)
     """The new head added on top of the backbone."""
 

@@ -96,9 +96,23 @@ def test_a_recreated_job_never_adopts_its_predecessors_terminating_pods(
         for p in kube.pods(namespace, "twin"):
             if HOLD in (p["metadata"].get("finalizers") or []):
                 _set_finalizers(kube, namespace, p["metadata"]["name"], [])
-    done = wait_for(
-        lambda: state_is(kube, namespace, "twin", "Succeeded", "Failed"), WAIT, message="finished"
-    )
+    try:
+        done = wait_for(
+            lambda: state_is(kube, namespace, "twin", "Succeeded", "Failed"),
+            WAIT,
+            message="finished",
+        )
+    except TimeoutError as e:
+        pods = [
+            (
+                p["metadata"]["name"],
+                _owner(p),
+                p["status"].get("phase"),
+                p["metadata"].get("deletionTimestamp"),
+            )
+            for p in kube.pods(namespace, "twin")
+        ]
+        raise AssertionError(f"{e}: status {kube.status(namespace, 'twin')}; pods {pods}") from e
     assert (done["state"], done["restarts"], done.get("disruptions", 0), done["attempt"]) == (
         "Succeeded",
         0,
