@@ -11,9 +11,12 @@ The operator is the real subprocess with its own RBAC; kwok plays the kubelet.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from operator_harness import Kube, OperatorProcess, job_manifest, state_is, wait_for
 
 from kubegraft.devcluster.cluster import Cluster
@@ -93,9 +96,21 @@ def test_a_recreated_job_never_adopts_its_predecessors_terminating_pods(
             0,
         )
     finally:
+        # Let them go, and confirm their deletion as their kubelet would (kwok acted on them
+        # while the finalizer held them, and does not again).
         for p in kube.pods(namespace, "twin"):
-            if HOLD in (p["metadata"].get("finalizers") or []):
-                _set_finalizers(kube, namespace, p["metadata"]["name"], [])
+            if _owner(p) == first_uid:
+                name = p["metadata"]["name"]
+                _set_finalizers(kube, namespace, name, [])
+                with contextlib.suppress(ApiException):
+                    kube.core.delete_namespaced_pod(
+                        name,
+                        namespace,
+                        grace_period_seconds=0,
+                        body=client.V1DeleteOptions(
+                            preconditions=client.V1Preconditions(uid=p["metadata"]["uid"])
+                        ),
+                    )
     try:
         done = wait_for(
             lambda: state_is(kube, namespace, "twin", "Succeeded", "Failed"),
@@ -172,8 +187,6 @@ def test_preemption_counts_against_max_disruptions_not_the_backoff_limit(
 def test_an_eviction_restarts_the_gang_without_using_up_the_backoff_limit(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
-    from kubernetes import client
-
     kube.create_job(
         namespace,
         job_manifest("evict", nodes=2, outcome="run", run_policy={"backoffLimit": 0}),
