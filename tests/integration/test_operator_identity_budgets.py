@@ -33,7 +33,14 @@ def _owner(pod: dict[str, Any]) -> str:
 
 
 def _set_finalizers(kube: Kube, namespace: str, name: str, finalizers: list[str]) -> None:
-    kube.core.patch_namespaced_pod(name, namespace, {"metadata": {"finalizers": finalizers}})
+    # A JSON merge patch replaces the list (a strategic merge patch would merge it: finalizers
+    # has patchStrategy merge, so [] would remove nothing).
+    kube.core.patch_namespaced_pod(
+        name,
+        namespace,
+        {"metadata": {"finalizers": finalizers or None}},
+        _content_type="application/merge-patch+json",
+    )
 
 
 def test_a_recreated_job_never_adopts_its_predecessors_terminating_pods(
