@@ -127,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         spec, name = load_job(args.config)
         output = Path(spec.output.path)
-        from kubegraft_trainer.loop import Preempted, Trainer
+        from kubegraft_trainer.loop import Trainer
+        from kubegraft_trainer.signals import Preempted
 
         try:
             result = Trainer(spec, job_name=name, preemption=flag).run()
@@ -144,9 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         code, message = int(ExitCode.CONFIG_ERROR), str(exc)
         log.error("configuration error: %s", exc)
-    except Exception:
-        code, message = int(ExitCode.FAILURE), traceback.format_exc()
-        log.error("training failed:\n%s", message)
+    except Exception as exc:
+        if flag.requested:
+            # A peer that honoured the same SIGTERM left a collective under this rank's feet
+            # (or the pod is going away): still a preemption, not a failure of the job.
+            code, message = int(ExitCode.PREEMPTED), f"{flag.signal_name} received, then: {exc}"
+            log.warning("%s", message)
+        else:
+            code, message = int(ExitCode.FAILURE), traceback.format_exc()
+            log.error("training failed:\n%s", message)
     finally:
         _shutdown_distributed()
     write_status(output, rank, code, message)
