@@ -48,7 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kubegraft.api.v1alpha1 import FineTuneJobSpec, Precision, SchedulerKind, Strategy, Task
-from kubegraft.progress import ProgressReport, publish, write_atomically
+from kubegraft.progress import ProgressPublisher, ProgressReport, sinks_from_env, write_atomically
 from kubegraft_trainer.checkpointing import CheckpointManager, read_best, read_trainer_state
 from kubegraft_trainer.data import (
     IGNORE_INDEX,
@@ -260,6 +260,7 @@ class Trainer:
         self.deepspeed = spec.distributed.strategy == Strategy.DEEPSPEED
         self.task = spec.model.task
         self.metrics: TrainingMetrics | None = None
+        self.progress: ProgressPublisher | None = None
 
     # ---------------------------------------------------------------------------- setup
 
@@ -272,6 +273,10 @@ class Trainer:
         self.rank = self.acc.process_index
         self.main = self.acc.is_main_process
         if self.main:
+            # Heartbeats from the first moment: loading a large model can take a while.
+            self.progress = ProgressPublisher(
+                sinks_from_env(), interval=spec.run_policy.progress_interval_seconds
+            ).start()
             self.output.mkdir(parents=True, exist_ok=True)
             self.metrics = TrainingMetrics(self.job_name)
             port = self.metrics.serve()
@@ -567,7 +572,8 @@ class Trainer:
         best = read_best(self.output / CHECKPOINT_DIR)
         if best:
             report.best_checkpoint, report.best_metric = best["path"], best.get("metric")
-        publish(report)
+        if self.progress is not None:
+            self.progress.update(report)
 
     # ----------------------------------------------------------------------------- steps
 
@@ -745,6 +751,13 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or early stop) and export; raises Preempted after a SIGTERM save."""
+        try:
+            return self._run()
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+
+    def _run(self) -> dict[str, Any]:
         started = time.time()
         with self.preemption.interruptible("loading"):
             self._setup()
@@ -810,6 +823,8 @@ class Trainer:
                 micro = [next(batches) for _ in range(n_micro)]
                 loss = self._optimizer_step(micro)
                 self.state.step += 1
+                if self.progress is not None:  # carried by the next heartbeat
+                    self.progress.update(step=self.state.step, urgent=False)
                 self.steps_this_run += 1
                 self.state.batches_done += n_micro
                 window_loss += loss
