@@ -6,6 +6,7 @@ the manifest, sets up logging and the SIGTERM handler, runs :class:`~kubegraft_t
 and maps the outcome to the documented exit codes (:mod:`kubegraft.exitcodes`):
 
 * 0 success; 78 configuration error (ConfigError or an invalid manifest: permanent);
+* 1 with a short reason for a RetryableError (e.g. the Hub down or rate-limiting);
 * 75 preempted (SIGTERM handled, checkpoint saved: retryable); 1 anything else (retryable).
 
 torchrun reports any failed worker as exit code 1, so each process also records its own code
@@ -34,7 +35,7 @@ from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobSpec
 from kubegraft.constants import ENV_JOB_CONFIG
 from kubegraft.exitcodes import ExitCode, describe
 from kubegraft.progress import write_atomically
-from kubegraft_trainer.errors import ConfigError
+from kubegraft_trainer.errors import ConfigError, RetryableError
 
 log = logging.getLogger("kubegraft_trainer")
 STATUS_DIR = "status"
@@ -145,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         code, message = int(ExitCode.CONFIG_ERROR), str(exc)
         log.error("configuration error: %s", exc)
+    except RetryableError as exc:
+        code, message = int(ExitCode.FAILURE), str(exc)
+        log.error("retryable failure: %s", exc, exc_info=True)
     except Exception as exc:
         if flag.requested:
             # A peer that honoured the same SIGTERM left a collective under this rank's feet
