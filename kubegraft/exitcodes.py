@@ -6,9 +6,11 @@ the job at once (permanent). Codes follow sysexits.h where one fits.
 | code | name            | meaning                                                    | operator |
 |------|-----------------|------------------------------------------------------------|----------|
 | 0    | SUCCESS         | training finished, model exported                          | Succeeded |
-| 1    | FAILURE         | an unexpected error (a bug, a lost peer, an NCCL error)    | restart  |
+| 1    | FAILURE         | an unexpected error (a bug, a lost peer, an NCCL error), or | restart  |
+|      |                 | a Hub that is down, rate-limiting, slow or unreachable     |          |
 | 75   | PREEMPTED       | SIGTERM received; a checkpoint was saved before exiting    | restart  |
-| 78   | CONFIG_ERROR    | bad manifest, missing/corrupt checkpoint, unusable data    | Failed   |
+| 78   | CONFIG_ERROR    | bad manifest, missing/corrupt checkpoint, unusable data,   | Failed   |
+|      |                 | a Hub repo/revision that is missing or denied (401/403/404) |          |
 | 137  | (SIGKILL)       | killed, usually out of memory (set by the kernel, not us)  | restart  |
 """
 

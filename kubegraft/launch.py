@@ -7,6 +7,12 @@ the trainer's own exit code) around ``torchrun``'s module form, which starts ``p
 trainer processes on this node and rendezvous with the other nodes at rank 0's address;
 Accelerate, inside the trainer, reads the torchrun environment (and builds the DeepSpeed/FSDP
 plugin from the spec), so there is no ``accelerate launch`` config file to keep in sync.
+
+The preemption window: the kubelet sends SIGTERM to the supervisor, which passes it to
+torchrun, which passes it to the workers and SIGKILLs them after its ``--shutdown-timeout``
+(30 s unless told). The pods' grace period is ``runPolicy.terminationGracePeriodSeconds``, so
+torchrun is told to wait all of it but :func:`shutdown_margin_seconds`, which is what torchrun
+and the supervisor need to wind down before the kubelet's own SIGKILL.
 """
 
 from __future__ import annotations
@@ -19,6 +25,19 @@ from kubegraft.constants import ENV_JOB_CONFIG
 TRAINER_MODULE = "kubegraft_trainer"
 # The node supervisor around torchrun: exits with the workers' own code (torchrun says only 1).
 NODE_MODULE = "kubegraft_trainer.node"
+
+
+def shutdown_margin_seconds(grace_seconds: int) -> int:
+    """The part of the pod's grace period kept back from the trainer: a tenth, at least 5 s
+    (torchrun's teardown, the supervisor reading the status records and writing the
+    termination log) and at most 30 s (more would only shorten the save)."""
+    return min(30, max(5, grace_seconds // 10))
+
+
+def shutdown_timeout_seconds(grace_seconds: int) -> int:
+    """How long torchrun lets the workers finish after forwarding SIGTERM: the grace period
+    less the margin (never below 1 s; the API's minimum grace period is 10 s)."""
+    return max(1, grace_seconds - shutdown_margin_seconds(grace_seconds))
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,9 @@ def build_launch(
         # Static rendezvous: the gang is all-or-nothing and the operator restarts it whole, so
         # torchrun's own elastic restarts would only race with the operator's.
         "--max-restarts=0",
+        # The workers get the pod's grace period, less a margin, to save after SIGTERM.
+        "--shutdown-timeout="
+        + str(shutdown_timeout_seconds(spec.run_policy.termination_grace_period_seconds)),
         "-m",
         TRAINER_MODULE,
         "--config",

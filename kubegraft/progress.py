@@ -1,35 +1,55 @@
 """Training progress reports: how rank 0 tells the operator (and the local CLI) how far it got.
 
-The trainer's rank 0 calls :func:`publish` every few steps. Where the report goes is chosen by
-the environment the launcher set, so the trainer does not know whether it runs under the
-operator or ``kubegraft run``:
+Rank 0 keeps one :class:`ProgressPublisher`: the loop hands it reports (phase changes, log
+steps, checkpoints) and the current step, which costs a lock and never waits on the network;
+a background thread sends the newest report, stamped with the time of sending, at most once
+per ``min_gap`` seconds and at least once per ``interval`` seconds (the heartbeat,
+``runPolicy.progressIntervalSeconds``), so a long feature cache, evaluation or slow step is
+seen alive by the operator, whose stall rule watches the heartbeat and the step.
+
+Where a report goes is a :class:`ProgressSink`, chosen by the environment the launcher set, so
+the trainer does not know whether it runs under the operator or ``kubegraft run``:
 
 - ``KUBEGRAFT_PROGRESS_FILE``: the report is written atomically to that file (JSON).
 - ``KUBEGRAFT_PROGRESS_CONFIGMAP`` (``namespace/name``): the report is patched into that
-  ConfigMap's ``data["progress.json"]`` with the pod's ServiceAccount token. The per-job Role
-  lets that token get/patch only that one ConfigMap (``resourceNames``), so a compromised
-  trainer can do nothing else; the operator watches the ConfigMap and folds it into status.
+  ConfigMap's ``data["progress.json"]`` with the pod's ServiceAccount token, over one kept-alive
+  HTTPS connection. The per-job Role lets that token get/patch only that one ConfigMap
+  (``resourceNames``), so a compromised trainer can do nothing else; the operator watches the
+  ConfigMap and folds it into status.
 
-This module is in the light core: no torch, no kubernetes client (plain HTTPS with urllib).
+This module is in the light core: no torch, no kubernetes client (plain HTTPS, http.client).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
+import logging
 import os
 import ssl
 import tempfile
-import urllib.request
+import threading
+import time
+import urllib.error
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.message import Message
 from pathlib import Path
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+log = logging.getLogger(__name__)
 
 ENV_PROGRESS_FILE = "KUBEGRAFT_PROGRESS_FILE"
 ENV_PROGRESS_CONFIGMAP = "KUBEGRAFT_PROGRESS_CONFIGMAP"
 CONFIGMAP_KEY = "progress.json"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SEND_TIMEOUT_SECONDS = 10.0
+"""One send waits at most this long for the API server (the thread, never the loop)."""
 
 
 class ProgressReport(BaseModel):
@@ -38,7 +58,7 @@ class ProgressReport(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     phase: str = "training"
-    """loading, training, evaluating, saving or done."""
+    """loading, caching (frozen features), training, evaluating, saving or done."""
     step: int = Field(default=0, ge=0)
     total_steps: int | None = None
     epoch: float | None = None
@@ -58,7 +78,7 @@ class ProgressReport(BaseModel):
     best_checkpoint: str | None = None
     best_metric: float | None = None
     time: str | None = None
-    """When the report was made (RFC 3339, UTC)."""
+    """When the report was sent (RFC 3339, UTC): every heartbeat carries a new one."""
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True)
@@ -73,42 +93,246 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _patch_configmap(ref: str, body: str, api: str | None = None, token: str | None = None) -> None:
-    namespace, name = ref.split("/", 1)
-    host = api or "https://{}:{}".format(
-        os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc"),
-        os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
-    )
-    token = token or (SA_DIR / "token").read_text().strip()
-    ctx = ssl.create_default_context(
-        cafile=os.environ.get("KUBEGRAFT_CA_FILE", str(SA_DIR / "ca.crt"))
-    )
-    patch = json.dumps({"data": {CONFIGMAP_KEY: body}}).encode()
-    req = urllib.request.Request(
-        f"{host}/api/v1/namespaces/{namespace}/configmaps/{name}",
-        data=patch,
-        method="PATCH",
-        headers={
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ProgressSink(Protocol):
+    """Where reports go. ``send`` may block and raise; the publisher's thread absorbs both."""
+
+    def send(self, body: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileSink:
+    """The local sink (``kubegraft run``): the report, written atomically to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def send(self, body: str) -> None:
+        write_atomically(self.path, body)
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"file {self.path}"
+
+
+class ConfigMapSink:
+    """The cluster sink: a merge patch of the job's progress ConfigMap, over one kept-alive
+    connection (reopened after an error). The token file is read for every send: projected
+    ServiceAccount tokens are rotated by the kubelet."""
+
+    def __init__(
+        self,
+        ref: str,
+        *,
+        api: str | None = None,
+        token: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = SEND_TIMEOUT_SECONDS,
+    ) -> None:
+        self.namespace, self.name = ref.split("/", 1)
+        self.api = api or "https://{}:{}".format(
+            os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc"),
+            os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
+        )
+        self.token = token
+        self.ca_file = ca_file or os.environ.get("KUBEGRAFT_CA_FILE", str(SA_DIR / "ca.crt"))
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self.connections = 0
+        """Connections opened so far (one, while the server keeps it alive)."""
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/configmaps/{self.name}"
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            url = urllib.parse.urlsplit(self.api)
+            if url.scheme == "https":
+                ctx = ssl.create_default_context(cafile=self.ca_file)
+                self._conn = http.client.HTTPSConnection(
+                    url.hostname or "", url.port or 443, timeout=self.timeout, context=ctx
+                )
+            else:
+                self._conn = http.client.HTTPConnection(
+                    url.hostname or "", url.port or 80, timeout=self.timeout
+                )
+            self.connections += 1
+        return self._conn
+
+    def send(self, body: str) -> None:
+        token = self.token or (SA_DIR / "token").read_text().strip()
+        patch = json.dumps({"data": {CONFIGMAP_KEY: body}}).encode()
+        headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/merge-patch+json",
-        },
-    )
-    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
-        resp.read()
+        }
+        conn = self._connection()
+        try:
+            conn.request("PATCH", self.path, body=patch, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read()
+        except (OSError, http.client.HTTPException):
+            self.close()  # a fresh connection next time
+            raise
+        if resp.will_close:
+            self.close()
+        if not 200 <= resp.status < 300:
+            hdrs = Message()
+            for k, v in resp.getheaders():
+                hdrs[k] = v
+            raise urllib.error.HTTPError(
+                f"{self.api}{self.path}",
+                resp.status,
+                text[:200].decode(errors="replace"),
+                hdrs,
+                None,
+            )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def __repr__(self) -> str:
+        return f"configmap {self.namespace}/{self.name}"
+
+
+def _patch_configmap(ref: str, body: str, api: str | None = None, token: str | None = None) -> None:
+    """One report into a ConfigMap (raises urllib's HTTPError on a refusal)."""
+    sink = ConfigMapSink(ref, api=api, token=token)
+    try:
+        sink.send(body)
+    finally:
+        sink.close()
+
+
+def sinks_from_env(environ: Mapping[str, str] | None = None) -> list[ProgressSink]:
+    """The sinks the launcher's environment names (none: reports go nowhere)."""
+    env = os.environ if environ is None else environ
+    sinks: list[ProgressSink] = []
+    if path := env.get(ENV_PROGRESS_FILE):
+        sinks.append(FileSink(Path(path)))
+    if ref := env.get(ENV_PROGRESS_CONFIGMAP):
+        sinks.append(
+            ConfigMapSink(
+                ref, api=env.get("KUBEGRAFT_API_SERVER"), token=env.get("KUBEGRAFT_API_TOKEN")
+            )
+        )
+    return sinks
+
+
+def _send_all(sinks: Sequence[ProgressSink], body: str, failing: set[int]) -> None:
+    """Send to every sink; a sink's first failure in a row is logged, the rest are not."""
+    for i, sink in enumerate(sinks):
+        try:
+            sink.send(body)
+        except Exception as exc:
+            if i not in failing:
+                failing.add(i)
+                log.warning(
+                    "progress report to %r failed (%s: %s); training goes on, further failures "
+                    "are not logged until one succeeds",
+                    sink,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+        else:
+            if i in failing:
+                failing.discard(i)
+                log.info("progress reports to %r work again", sink)
 
 
 def publish(report: ProgressReport) -> None:
-    """Send a report to every sink the environment names; never raises (progress is advisory)."""
-    body = report.to_json()
-    if path := os.environ.get(ENV_PROGRESS_FILE):
-        with contextlib.suppress(OSError):
-            write_atomically(Path(path), body)
-    if ref := os.environ.get(ENV_PROGRESS_CONFIGMAP):
-        # A failed report must never stop training: the next one carries the same facts.
-        with contextlib.suppress(Exception):
-            _patch_configmap(
-                ref,
-                body,
-                api=os.environ.get("KUBEGRAFT_API_SERVER"),
-                token=os.environ.get("KUBEGRAFT_API_TOKEN"),
+    """Send one report to every sink the environment names, now; never raises (progress is
+    advisory). The loop uses :class:`ProgressPublisher`; this is for one-off reports."""
+    sinks = sinks_from_env()
+    body = report.model_copy(update={"time": report.time or now_rfc3339()}).to_json()
+    _send_all(sinks, body, set())
+    for sink in sinks:
+        sink.close()
+
+
+class ProgressPublisher:
+    """Rank 0's reporter: non-blocking updates, a background thread that sends them
+    (rate-limited to one per ``min_gap`` seconds, newest wins) and repeats the newest at least
+    every ``interval`` seconds as a heartbeat, each send stamped with its own time."""
+
+    def __init__(
+        self, sinks: Sequence[ProgressSink], *, interval: float, min_gap: float = 1.0
+    ) -> None:
+        self.sinks = list(sinks)
+        self.interval = float(interval)
+        self.min_gap = min(float(min_gap), self.interval)
+        self._report = ProgressReport(phase="loading")
+        self._dirty = False
+        self._closing = False
+        self._cond = threading.Condition()
+        self._failing: set[int] = set()
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        """Reports sent so far (heartbeats included)."""
+
+    def start(self) -> ProgressPublisher:
+        if self.sinks and self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="kubegraft-progress", daemon=True
             )
+            self._thread.start()
+        return self
+
+    def update(
+        self, report: ProgressReport | None = None, *, urgent: bool = True, **fields: Any
+    ) -> None:
+        """Replace the report (``report``) and/or set some of its fields; never blocks on I/O.
+        ``urgent`` sends it as soon as the rate limit allows, else with the next heartbeat."""
+        with self._cond:
+            if report is not None:
+                self._report = report.model_copy()
+            for k, v in fields.items():
+                setattr(self._report, k, v)
+            if urgent:
+                self._dirty = True
+                self._cond.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send the newest report if it was not sent yet, then stop (waits at most
+        ``timeout`` seconds: a dead API server must not hold the process)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+
+    def _run(self) -> None:
+        last = time.monotonic() - self.min_gap  # the first update goes out at once
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    if self._closing or (self._dirty and now >= last + self.min_gap):
+                        break
+                    due = last + (self.min_gap if self._dirty else self.interval)
+                    if now >= due:
+                        break
+                    self._cond.wait(due - now)
+                if self._closing and not self._dirty:
+                    return
+                closing = self._closing
+                body = self._report.model_copy(update={"time": now_rfc3339()}).to_json()
+                self._dirty = False
+            last = time.monotonic()
+            _send_all(self.sinks, body, self._failing)
+            self.sent += 1
+            if closing:
+                return

@@ -717,7 +717,13 @@ class RunPolicy(ApiModel):
     """Fail the job when its pods cannot all start (unschedulable, image pull errors) within
     this."""
     stall_timeout_seconds: int = Field(default=1800, ge=10)
-    """Restart the gang as stalled when the training step has not advanced for this long."""
+    """Restart the gang as stalled when rank 0's heartbeats stop, or when it is training and the
+    step does not advance. Heartbeats come every progressIntervalSeconds in every phase, so a
+    long model download, feature cache, evaluation or save is not a stall; the gang is stalled
+    when no heartbeat came for max(stallTimeoutSeconds, 3 x progressIntervalSeconds), or when
+    the phase is training and the step has not moved for max(stallTimeoutSeconds, 2 x
+    progressIntervalSeconds) (the step is reported with each heartbeat). Both clocks start no
+    earlier than the gang's Running time."""
     restart_backoff_seconds: int = Field(default=10, ge=0, le=3600)
     """Base delay before a gang restart; doubles with each restart."""
     max_disruptions: int = Field(default=10, ge=0, le=10000)
@@ -730,8 +736,9 @@ class RunPolicy(ApiModel):
     of it but a safety margin."""
     progress_interval_seconds: int = Field(default=30, ge=1, le=3600)
     """Rank 0 reports a heartbeat (phase, step, time) at least this often, in every phase
-    (loading, feature caching, evaluating, saving); the operator declares a stall when the
-    heartbeats stop."""
+    (loading, feature caching, evaluating, saving), from a background thread; reports are
+    sent at most once a second. The operator declares a stall when the heartbeats stop (see
+    stallTimeoutSeconds)."""
 
 
 # ------------------------------------------------------------------------------------------ spec
@@ -859,7 +866,16 @@ class Progress(ApiModel):
     display: str | None = None
     """The progress for printer columns, e.g. 45%."""
     updated_at: str | None = None
-    """When rank 0 last reported (RFC 3339); the stall detector watches step over time."""
+    """When the operator saw the step change (RFC 3339, the operator's clock); the stall rule
+    for the training phase counts from here."""
+    phase: str | None = None
+    """rank 0's phase: loading, caching, training, evaluating, saving or done."""
+    reported_at: str | None = None
+    """The time stamp of rank 0's latest report (RFC 3339, rank 0's clock)."""
+    heartbeat_at: str | None = None
+    """When the operator last saw a new report from rank 0 (RFC 3339, the operator's clock, so
+    clock skew between nodes cannot fake or hide a stall); the heartbeat stall rule counts
+    from here."""
 
 
 class Metrics(ApiModel):

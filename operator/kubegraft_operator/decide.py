@@ -24,10 +24,11 @@ States (``status.state``) and how they move::
 
 Clocks come from the status itself, so a restarted operator resumes them: the back-off from
 the Restarting condition's lastTransitionTime, the startup timeout from the current attempt's
-pod creation times, the stall timeout from ``progress.updatedAt`` (when the step last changed)
-or the Running condition's lastTransitionTime, the deadline from ``startTime`` plus
-``suspendedSeconds`` (the Suspended condition's lastTransitionTime says when a suspension
-began).
+pod creation times, the stall clocks from ``progress.heartbeatAt`` (rank 0's last report) and
+``progress.updatedAt`` (its step's last change) or the Running condition's lastTransitionTime
+(:func:`~kubegraft_operator.progress_status.stall_clock`), the deadline from ``startTime``
+plus ``suspendedSeconds`` (the Suspended condition's lastTransitionTime says when a
+suspension began).
 
 Disruptions are kept apart from failures as a Kubernetes Job's pod failure policy ignores
 pods with the DisruptionTarget condition: a preempted, evicted or deleted pod, or one on a
@@ -57,7 +58,7 @@ from kubegraft_operator.observe import (
     format_time,
     parse_time,
 )
-from kubegraft_operator.progress_status import fold_progress
+from kubegraft_operator.progress_status import fold_progress, stall_clock
 from kubegraft_operator.render import render_infrastructure, render_pod
 
 Obj = dict[str, Any]
@@ -488,23 +489,18 @@ def _forming_or_running(ctx: _Ctx, current: list[PodObservation]) -> None:
             cond.RUNNING, "True", "GangRunning", f"all {n} workers running (attempt {st.attempt})"
         )
         ctx.clear(cond.RESTARTING, "GangRunning", f"gang running again (attempt {st.attempt})")
-        # Stall: the step has not changed for stallTimeoutSeconds while the gang ran.
+        # Stall: rank 0's heartbeats stopped, or it trains and the step does not move.
         running = cond.get_condition(st.conditions, cond.RUNNING)
-        since = parse_time(running.last_transition_time if running else None) or ctx.now
-        stepped = parse_time(st.progress.updated_at) if st.progress else None
-        if stepped is not None and stepped > since:
-            since = stepped
-        stall_at = since + timedelta(seconds=rp.stall_timeout_seconds)
-        if ctx.now >= stall_at:
-            step = st.progress.step if st.progress else 0
-            _restart(
-                ctx,
-                list(ctx.obs.pods),
-                "Stalled",
-                f"no training step progress (step {step}) for {rp.stall_timeout_seconds}s",
-            )
+        stall = stall_clock(
+            st.progress,
+            running_since=parse_time(running.last_transition_time if running else None) or ctx.now,
+            stall_timeout=rp.stall_timeout_seconds,
+            progress_interval=rp.progress_interval_seconds,
+        )
+        if ctx.now >= stall.at:
+            _restart(ctx, list(ctx.obs.pods), "Stalled", stall.reason)
             return
-        ctx.requeue((stall_at - ctx.now).total_seconds())
+        ctx.requeue((stall.at - ctx.now).total_seconds())
         return
 
     # The gang is forming: say why it is not running yet, and give up after the timeout.

@@ -1,11 +1,18 @@
 """Fold rank 0's progress report into the status' training story (progress, metrics,
-parameters, checkpoints), with the display strings the printer columns show.
+parameters, checkpoints), with the display strings the printer columns show; and the stall
+rule that reads it.
 
-Pure: the stall clock (``progress.updatedAt``) moves only when the step changes, so a trainer
-that keeps reporting the same step is still seen as stalled.
+Pure. Two clocks, both on the operator's clock (``now``), so skew between the trainer's node
+and the operator's cannot fake or hide a stall: ``progress.heartbeatAt`` moves whenever a new
+report arrives (rank 0 sends one at least every ``progressIntervalSeconds``, in every phase),
+``progress.updatedAt`` only when the step changes, so a trainer that keeps reporting the same
+training step is still seen as stalled while a long evaluation is not.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from kubegraft.api.v1alpha1 import (
     CheckpointStatus,
@@ -15,6 +22,7 @@ from kubegraft.api.v1alpha1 import (
     Progress,
 )
 from kubegraft.progress import ProgressReport
+from kubegraft_operator.observe import parse_time
 
 METRIC_NAMES = ("f1", "accuracy", "precision", "recall", "loss")
 
@@ -32,14 +40,22 @@ def format_duration(seconds: int) -> str:
 
 
 def progress_from(report: ProgressReport, previous: Progress | None, now: str) -> Progress:
-    """The status' progress block; ``updatedAt`` is when the step last changed."""
+    """The status' progress block; ``updatedAt`` is when the step last changed and
+    ``heartbeatAt`` when a new report last arrived (a new ``time`` stamp), both at ``now``."""
     percent: int | None = None
     if report.total_steps:
         percent = max(0, min(100, report.step * 100 // report.total_steps))
     if report.phase == "done" and report.total_steps:
         percent = 100
     changed = previous is None or previous.step != report.step or previous.updated_at is None
-    updated_at = (report.time or now) if changed else previous.updated_at  # type: ignore[union-attr]
+    updated_at = now if changed else previous.updated_at  # type: ignore[union-attr]
+    fresh = (
+        previous is None
+        or previous.heartbeat_at is None
+        or report.time is None
+        or report.time != previous.reported_at
+    )
+    heartbeat_at = now if fresh else previous.heartbeat_at  # type: ignore[union-attr]
     return Progress(
         step=report.step,
         total_steps=report.total_steps,
@@ -50,6 +66,9 @@ def progress_from(report: ProgressReport, previous: Progress | None, now: str) -
         samples_per_second=report.samples_per_second,
         display=f"{percent}%" if percent is not None else f"step {report.step}",
         updated_at=updated_at,
+        phase=report.phase,
+        reported_at=report.time,
+        heartbeat_at=heartbeat_at,
     )
 
 
@@ -124,3 +143,61 @@ def fold_progress(
     out.parameters = parameters_from(report) or status.parameters
     out.checkpoints = checkpoints_from(report, status.checkpoints)
     return out
+
+
+# ------------------------------------------------------------------------------ stall rule
+
+TRAINING_PHASE = "training"
+
+
+def heartbeat_timeout_seconds(stall_timeout: int, progress_interval: int) -> int:
+    """No heartbeat for this long is a stall: the stall timeout, but never fewer than three
+    heartbeat intervals (one late or lost report is not a stall)."""
+    return max(stall_timeout, 3 * progress_interval)
+
+
+def step_timeout_seconds(stall_timeout: int, progress_interval: int) -> int:
+    """A training step unchanged for this long is a stall: the stall timeout, but never fewer
+    than two heartbeat intervals (the step reaches the operator with the heartbeats)."""
+    return max(stall_timeout, 2 * progress_interval)
+
+
+@dataclass(frozen=True)
+class StallClock:
+    """When the running gang counts as stalled, and what to say then."""
+
+    at: datetime
+    reason: str
+
+
+def stall_clock(
+    progress: Progress | None,
+    *,
+    running_since: datetime,
+    stall_timeout: int,
+    progress_interval: int,
+) -> StallClock:
+    """The earlier of the two stall deadlines: heartbeats stopped, or (phase training, or no
+    report yet) the step did not move. Both count from no earlier than ``running_since``, so
+    a previous attempt's report cannot stall a new gang."""
+    hb_timeout = heartbeat_timeout_seconds(stall_timeout, progress_interval)
+    beat = parse_time(progress.heartbeat_at) if progress else None
+    since = max(running_since, beat) if beat else running_since
+    what = (
+        f"phase {progress.phase or TRAINING_PHASE}, step {progress.step}"
+        if progress
+        else "no report yet"
+    )
+    clock = StallClock(
+        since + timedelta(seconds=hb_timeout),
+        f"no heartbeat from rank 0 for {hb_timeout}s ({what})",
+    )
+    if progress is None or (progress.phase or TRAINING_PHASE) == TRAINING_PHASE:
+        step_timeout = step_timeout_seconds(stall_timeout, progress_interval)
+        stepped = parse_time(progress.updated_at) if progress else None
+        since = max(running_since, stepped) if stepped else running_since
+        at = since + timedelta(seconds=step_timeout)
+        if at < clock.at:
+            step = progress.step if progress else 0
+            clock = StallClock(at, f"no training step progress (step {step}) for {step_timeout}s")
+    return clock

@@ -339,7 +339,7 @@ def test_stalled_job_is_restarted_as_stalled(
             "stuck",
             nodes=1,
             outcome="run",
-            run_policy={"stallTimeoutSeconds": 10, "backoffLimit": 1},
+            run_policy={"stallTimeoutSeconds": 10, "progressIntervalSeconds": 2, "backoffLimit": 1},
         ),
     )
     wait_for(lambda: state_is(kube, namespace, "stuck", "Running"), WAIT, message="Running")

@@ -8,6 +8,7 @@ real: that token may patch the job's progress ConfigMap and nothing else.
 
 from __future__ import annotations
 
+import time
 import urllib.error
 from typing import Any
 
@@ -21,7 +22,7 @@ from operator_harness import (
 )
 
 from kubegraft.devcluster.cluster import Cluster
-from kubegraft.progress import ProgressReport, _patch_configmap
+from kubegraft.progress import ConfigMapSink, ProgressReport, _patch_configmap, now_rfc3339
 
 pytestmark = pytest.mark.integration
 WAIT = 120
@@ -132,3 +133,68 @@ def test_rank0_progress_reaches_status_and_printer_columns(
         message="100%",
     )
     assert st["metrics"]["display"] == "f1=0.90"
+
+
+def test_heartbeats_keep_a_long_evaluation_alive_and_their_loss_is_a_stall(
+    cluster: Cluster,
+    kube: Kube,
+    namespace: str,
+    operator: OperatorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rank 0 evaluates at one step for well past stallTimeoutSeconds, sending a heartbeat
+    (the real client, the pod's own token) every second: Running. Then the heartbeats stop:
+    Stalled, and the reason says so."""
+    stall = 12
+    kube.create_job(
+        namespace,
+        job_manifest(
+            "evals",
+            nodes=1,
+            outcome="run",
+            run_policy={
+                "stallTimeoutSeconds": stall,
+                "progressIntervalSeconds": 1,
+                "backoffLimit": 1,
+            },
+        ),
+    )
+    wait_for(
+        lambda: kube.status(namespace, "evals").get("state") == "Running", WAIT, message="Running"
+    )
+    token = cluster.kubectl(
+        "create", "token", "evals-worker", "-n", namespace, "--duration=10m"
+    ).stdout.strip()
+    monkeypatch.setenv("KUBEGRAFT_CA_FILE", ca_file(cluster))
+    sink = ConfigMapSink(f"{namespace}/evals-progress", api=cluster.server, token=token)
+    started = time.monotonic()
+    last = ""
+    try:
+        while time.monotonic() - started < 3 * stall:
+            stamp = now_rfc3339()
+            if stamp != last:  # one heartbeat per second, each with its own time
+                sink.send(ProgressReport(phase="evaluating", step=40, time=stamp).to_json())
+                last = stamp
+            st = kube.status(namespace, "evals")
+            assert st.get("restarts", 0) == 0, st
+            assert st.get("state") == "Running", st
+            time.sleep(0.2)
+    finally:
+        sink.close()
+    progress = kube.status(namespace, "evals")["progress"]
+    assert progress["phase"] == "evaluating"
+    assert progress["step"] == 40
+    assert progress["heartbeatAt"]
+    assert sink.connections == 1  # ~36 PATCHes over one kept-alive connection
+
+    st = wait_for(
+        lambda: (s := kube.status(namespace, "evals")).get("restarts") == 1 and s,
+        WAIT,
+        message="stall after the heartbeats stopped",
+    )
+    assert st["lastRestartReason"] == "Stalled"
+    restarting = [c for c in st["conditions"] if c["type"] == "Restarting"]
+    assert restarting, st
+    assert (
+        "no heartbeat from rank 0 for 12s (phase evaluating, step 40)" in restarting[0]["message"]
+    )

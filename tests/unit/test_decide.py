@@ -546,3 +546,73 @@ def test_old_attempt_pods_are_ignored_for_the_current_gang() -> None:
     )
     assert d.status.state == JobState.RUNNING
     assert d.status.restarts == 1
+
+
+def _beats(
+    job: FineTuneJob, phase: str, step_: int, seconds: range, *, skew: timedelta = timedelta(0)
+) -> tuple[FineTuneJob, Decision]:
+    """A heartbeat every 30 s (the default interval) at T0+s, stamped by a clock ``skew``
+    off the operator's."""
+    d: Decision | None = None
+    for s in seconds:
+        at = T0 + timedelta(seconds=s)
+        job, d = step(job, gang(), at, progress=report(step_, at + skew, phase=phase))
+        assert d.status.state == JobState.RUNNING, (s, d.status.message)
+    assert d is not None
+    return job, d
+
+
+def test_a_long_evaluation_with_heartbeats_is_not_a_stall() -> None:
+    job = running_job()  # stall timeout 120 s, progress interval 30 s
+    job, _ = step(job, gang(), T0 + timedelta(seconds=5), progress=report(10, T0, phase="training"))
+    # evaluating at step 10 for 10 minutes: the step does not move, the heartbeats come
+    job, d = _beats(job, "evaluating", 10, range(30, 630, 30))
+    assert d.status.progress is not None
+    assert d.status.progress.phase == "evaluating"
+    assert d.status.progress.heartbeat_at == format_time(T0 + timedelta(seconds=600))
+    assert d.status.progress.updated_at == format_time(T0 + timedelta(seconds=5))
+    # the next look is due when the heartbeat would be overdue (120 s after the last one)
+    _, d = step(job, gang(), T0 + timedelta(seconds=719))
+    assert d.status.state == JobState.RUNNING
+
+
+def test_heartbeats_that_stop_are_a_stall_in_any_phase() -> None:
+    job = running_job()
+    job, _ = _beats(job, "caching", 0, range(10, 100, 30))  # last heartbeat at T0+70
+    _, d = step(job, gang(), T0 + timedelta(seconds=189))
+    assert d.status.state == JobState.RUNNING
+    _, d = step(job, gang(), T0 + timedelta(seconds=190))  # 120 s after the last heartbeat
+    assert (d.status.state, d.status.reason) == (JobState.RESTARTING, "Stalled")
+    assert "no heartbeat from rank 0 for 120s (phase caching, step 0)" in (d.status.message or "")
+
+
+def test_training_with_heartbeats_but_no_step_is_a_stall() -> None:
+    job = running_job()
+    job, _ = step(job, gang(), T0 + timedelta(seconds=5), progress=report(7, T0, phase="training"))
+    # a hung collective: the heartbeat thread lives on, the step does not move
+    job, _ = _beats(job, "training", 7, range(30, 120, 30))
+    _, d = step(
+        job, gang(), T0 + timedelta(seconds=125), progress=report(7, T0 + timedelta(seconds=125))
+    )
+    assert (d.status.state, d.status.reason) == (JobState.RESTARTING, "Stalled")
+    assert "no training step progress (step 7) for 120s" in (d.status.message or "")
+
+
+def test_heartbeat_clock_is_the_operators_not_the_trainers() -> None:
+    """rank 0's node clock is an hour behind: its fresh reports are still heartbeats."""
+    job = running_job()
+    _, d = _beats(job, "evaluating", 3, range(30, 400, 30), skew=-timedelta(hours=1))
+    assert d.status.progress is not None
+    assert d.status.progress.heartbeat_at == format_time(T0 + timedelta(seconds=390))
+
+
+def test_a_slow_heartbeat_interval_widens_the_stall_windows() -> None:
+    # progressIntervalSeconds 100 > stallTimeoutSeconds/2: a 120 s window would stall a healthy
+    # job between two heartbeats; the windows are 3 and 2 intervals instead
+    job = running_job(progressIntervalSeconds=100)
+    job, _ = step(job, gang(), T0 + timedelta(seconds=5), progress=report(1, T0, phase="training"))
+    _, d = step(job, gang(), T0 + timedelta(seconds=200))
+    assert d.status.state == JobState.RUNNING
+    _, d = step(job, gang(), T0 + timedelta(seconds=205))
+    assert (d.status.state, d.status.reason) == (JobState.RESTARTING, "Stalled")
+    assert "for 200s" in (d.status.message or "")

@@ -63,3 +63,28 @@ def test_same_input_same_output() -> None:
     a = build_launch(_spec(), node_rank=1, master_addr="m", config_path="c")
     b = build_launch(_spec(), node_rank=1, master_addr="m", config_path="c")
     assert a == b
+
+
+def test_torchrun_waits_the_grace_period_less_a_margin() -> None:
+    """torchrun SIGKILLs its workers 30 s after forwarding SIGTERM unless told otherwise; the
+    pods get terminationGracePeriodSeconds, and the trainer should have nearly all of it."""
+    spec = _spec()
+    default = build_launch(spec, node_rank=0, master_addr="a", config_path="c").argv
+    assert spec.run_policy.termination_grace_period_seconds == 120
+    assert "--shutdown-timeout=108" in default
+    # before the trainer's -m: it is torchrun's option, not the trainer's
+    assert default.index("--shutdown-timeout=108") < default.index("kubegraft_trainer")
+    for grace, timeout in ((10, 5), (60, 54), (600, 570), (86400, 86370)):
+        spec.run_policy.termination_grace_period_seconds = grace
+        argv = build_launch(spec, node_rank=0, master_addr="a", config_path="c").argv
+        assert f"--shutdown-timeout={timeout}" in argv, grace
+        assert 5 <= grace - timeout <= 30
+
+
+def test_installed_torchrun_accepts_the_shutdown_timeout() -> None:
+    """The option exists in the torch we ship (it appeared in torch 2.x's torchrun)."""
+    run = pytest.importorskip("torch.distributed.run")
+    args = run.get_args_parser().parse_args(
+        ["--shutdown-timeout=108", "--nproc-per-node=1", "-m", "kubegraft_trainer"]
+    )
+    assert args.shutdown_timeout == 108

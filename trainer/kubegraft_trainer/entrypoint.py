@@ -6,6 +6,7 @@ the manifest, sets up logging and the SIGTERM handler, runs :class:`~kubegraft_t
 and maps the outcome to the documented exit codes (:mod:`kubegraft.exitcodes`):
 
 * 0 success; 78 configuration error (ConfigError or an invalid manifest: permanent);
+* 1 with a short reason for a RetryableError (e.g. the Hub down or rate-limiting);
 * 75 preempted (SIGTERM handled, checkpoint saved: retryable); 1 anything else (retryable).
 
 torchrun reports any failed worker as exit code 1, so each process also records its own code
@@ -34,7 +35,7 @@ from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobSpec
 from kubegraft.constants import ENV_JOB_CONFIG
 from kubegraft.exitcodes import ExitCode, describe
 from kubegraft.progress import write_atomically
-from kubegraft_trainer.errors import ConfigError
+from kubegraft_trainer.errors import ConfigError, RetryableError
 
 log = logging.getLogger("kubegraft_trainer")
 STATUS_DIR = "status"
@@ -127,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         spec, name = load_job(args.config)
         output = Path(spec.output.path)
-        from kubegraft_trainer.loop import Preempted, Trainer
+        from kubegraft_trainer.loop import Trainer
+        from kubegraft_trainer.signals import Preempted
 
         try:
             result = Trainer(spec, job_name=name, preemption=flag).run()
@@ -144,9 +146,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         code, message = int(ExitCode.CONFIG_ERROR), str(exc)
         log.error("configuration error: %s", exc)
-    except Exception:
-        code, message = int(ExitCode.FAILURE), traceback.format_exc()
-        log.error("training failed:\n%s", message)
+    except RetryableError as exc:
+        code, message = int(ExitCode.FAILURE), str(exc)
+        log.error("retryable failure: %s", exc, exc_info=True)
+    except Exception as exc:
+        if flag.requested:
+            # A peer that honoured the same SIGTERM left a collective under this rank's feet
+            # (or the pod is going away): still a preemption, not a failure of the job.
+            code, message = int(ExitCode.PREEMPTED), f"{flag.signal_name} received, then: {exc}"
+            log.warning("%s", message)
+        else:
+            code, message = int(ExitCode.FAILURE), traceback.format_exc()
+            log.error("training failed:\n%s", message)
     finally:
         _shutdown_distributed()
     write_status(output, rank, code, message)

@@ -90,8 +90,13 @@ def compute_features(
     rank: int,
     device: torch.device,
     autocast: Callable[[], Any],
+    before_batch: Callable[[], None] | None = None,
 ) -> FeatureDataset:
-    """The backbone features of every example of ``dataset``, on every process."""
+    """The backbone features of every example of ``dataset``, on every process.
+
+    ``before_batch`` is called before each batch, on every rank the same number of times
+    (the shards are padded to one length): the loop's collective SIGTERM poll, which may
+    raise to abandon the cache."""
     size = len(dataset)  # type: ignore[arg-type]
     sampler = ResumableDistributedSampler(
         size, num_replicas=num_replicas, rank=rank, seed=0, shuffle=False
@@ -108,6 +113,8 @@ def compute_features(
     model.eval()
     feats, labels, indices = [], [], []
     for batch in loader:
+        if before_batch is not None:
+            before_batch()
         inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
         with autocast():
             f = model.forward_features(**inputs)  # type: ignore[operator]

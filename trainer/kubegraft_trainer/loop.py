@@ -22,6 +22,11 @@ things, and why:
    evaluation, checkpoint. The data position (epoch, micro-batches done) is saved with each
    checkpoint so a resumed run continues with exactly the next batch.
 6. At the end: final evaluation, export (``<output>/model``) and ``<output>/metrics.json``.
+
+SIGTERM is honoured in every phase (:mod:`~kubegraft_trainer.signals`): loading and export
+are interrupted at once; feature caching, evaluation, steps and saves poll the flag
+collectively (per batch, per step, after a save) and stop together, saving a checkpoint
+first when steps were done since the last one.
 """
 
 from __future__ import annotations
@@ -31,20 +36,19 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kubegraft.api.v1alpha1 import FineTuneJobSpec, Precision, SchedulerKind, Strategy, Task
-from kubegraft.exitcodes import ExitCode
-from kubegraft.progress import ProgressReport, publish, write_atomically
+from kubegraft.progress import ProgressPublisher, ProgressReport, sinks_from_env, write_atomically
 from kubegraft_trainer.checkpointing import CheckpointManager, read_best, read_trainer_state
 from kubegraft_trainer.data import (
     IGNORE_INDEX,
@@ -71,7 +75,7 @@ from kubegraft_trainer.feature_cache import (
 from kubegraft_trainer.freeze import FreezePolicy
 from kubegraft_trainer.metrics_exporter import TrainingMetrics
 from kubegraft_trainer.pretrained import ModelBundle, load_model, without_zero3_init
-from kubegraft_trainer.signals import PreemptionFlag
+from kubegraft_trainer.signals import Preempted, PreemptionFlag
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +85,12 @@ CHECKPOINT_DIR = "checkpoints"
 LABELS_FILE = "labels.json"
 
 
-class Preempted(Exception):
-    """SIGTERM was handled: a checkpoint was saved and the process should exit 75."""
+class _StopAgreed(Exception):
+    """Every rank agreed to stop (SIGTERM) at the same point of ``phase``."""
 
-    exit_code = int(ExitCode.PREEMPTED)
+    def __init__(self, phase: str) -> None:
+        super().__init__(phase)
+        self.phase = phase
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -254,6 +260,7 @@ class Trainer:
         self.deepspeed = spec.distributed.strategy == Strategy.DEEPSPEED
         self.task = spec.model.task
         self.metrics: TrainingMetrics | None = None
+        self.progress: ProgressPublisher | None = None
 
     # ---------------------------------------------------------------------------- setup
 
@@ -266,6 +273,10 @@ class Trainer:
         self.rank = self.acc.process_index
         self.main = self.acc.is_main_process
         if self.main:
+            # Heartbeats from the first moment: loading a large model can take a while.
+            self.progress = ProgressPublisher(
+                sinks_from_env(), interval=spec.run_policy.progress_interval_seconds
+            ).start()
             self.output.mkdir(parents=True, exist_ok=True)
             self.metrics = TrainingMetrics(self.job_name)
             port = self.metrics.serve()
@@ -440,23 +451,31 @@ class Trainer:
                     self.state.batches_done,
                 )
 
-        # Frozen-feature cache (after the weights are final).
+    def _cache_features(self) -> None:
+        """The frozen-feature cache (after the weights are final). Collective and possibly
+        long, so the stop flag is polled per batch; no step has been done yet in this run, so
+        a SIGTERM here has nothing new to save."""
         self.train_source: tuple[Dataset[Any], Any] = (self.train_ds, self.collate)
         self.eval_sources = dict(self.eval_ds)
         self.cache_seconds = 0.0
-        if self.use_cache:
-            started = time.perf_counter()
+        if not self.use_cache:
+            return
+        self._report(phase="caching")
+        started = time.perf_counter()
+        try:
             self.train_source = (self._features(self.train_ds, self.collate), feature_collate)
             self.eval_sources = {
                 k: (self._features(ds, c), feature_collate) for k, (ds, c) in self.eval_ds.items()
             }
-            self.cache_seconds = time.perf_counter() - started
-            if self.main:
-                log.info(
-                    "cached frozen features of %d examples in %.1fs",
-                    len(self.data.train),
-                    self.cache_seconds,
-                )
+        except _StopAgreed as stop:
+            self._stop(stop.phase)
+        self.cache_seconds = time.perf_counter() - started
+        if self.main:
+            log.info(
+                "cached frozen features of %d examples in %.1fs",
+                len(self.data.train),
+                self.cache_seconds,
+            )
 
     def _features(self, ds: Dataset[Any], collate: Any) -> FeatureDataset:
         return compute_features(
@@ -468,7 +487,32 @@ class Trainer:
             rank=self.rank,
             device=self.acc.device,
             autocast=self.acc.autocast,
+            before_batch=lambda: self._poll_stop("caching features"),
         )
+
+    # ------------------------------------------------------------------------- preemption
+
+    def _poll_stop(self, phase: str) -> None:
+        """Collective: every rank calls it at the same point; raises _StopAgreed on all of
+        them when any one was asked to stop."""
+        if self.preemption.agreed():
+            raise _StopAgreed(phase)
+
+    def _polled(self, batches: Iterable[Any], phase: str) -> Iterator[Any]:
+        """``batches``, polling the stop flag before each (every rank has as many)."""
+        for batch in batches:
+            self._poll_stop(phase)
+            yield batch
+
+    def _stop(self, phase: str) -> NoReturn:
+        """All ranks agreed to stop: save when steps were done since the last checkpoint
+        (collective), then raise Preempted."""
+        sig = self.preemption.signal_name or "SIGTERM"
+        step = getattr(self, "state", LoopState()).step
+        if step > 0 and step != getattr(self, "last_saved_step", step):
+            self._save()
+            raise Preempted(f"{sig} while {phase}: checkpoint saved at step {step}")
+        raise Preempted(f"{sig} while {phase}: nothing new to save since step {step}")
 
     def _set_train_mode(self) -> None:
         self.policy.set_train_mode(self.model)
@@ -528,7 +572,8 @@ class Trainer:
         best = read_best(self.output / CHECKPOINT_DIR)
         if best:
             report.best_checkpoint, report.best_metric = best["path"], best.get("metric")
-        publish(report)
+        if self.progress is not None:
+            self.progress.update(report)
 
     # ----------------------------------------------------------------------------- steps
 
@@ -594,7 +639,7 @@ class Trainer:
                 seed=0,
                 shuffle=False,
             )
-            loader = self._loader(ds, collate, sampler, bs)
+            loader = self._polled(self._loader(ds, collate, sampler, bs), "evaluating")
             if self.task == Task.CAUSAL_LM:
                 results[name] = self._evaluate_lm(loader)
             else:
@@ -619,7 +664,7 @@ class Trainer:
             return self.step_module(batch)  # type: ignore[no-any-return]
 
     @torch.no_grad()
-    def _evaluate_lm(self, loader: DataLoader[Any]) -> dict[str, Any]:
+    def _evaluate_lm(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
         loss_sum = torch.zeros(2, dtype=torch.float64)
         for batch in loader:
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
@@ -706,10 +751,18 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or early stop) and export; raises Preempted after a SIGTERM save."""
+        try:
+            return self._run()
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+
+    def _run(self) -> dict[str, Any]:
         started = time.time()
-        self._setup()
+        with self.preemption.interruptible("loading"):
+            self._setup()
+        self._cache_features()
         t = self.spec.training
-        bs, gas = t.per_device_batch_size, t.gradient_accumulation_steps
         ds, collate = self.train_source
         sampler = ResumableDistributedSampler(
             len(ds),  # type: ignore[arg-type]
@@ -722,14 +775,36 @@ class Trainer:
         last_eval_step = (
             self.state.step if self.state.last_eval and self.resume_from is not None else -1
         )
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-        throughput: float | None = None
-        train_started = time.perf_counter()
-        steps_this_run = 0
         self.wrapped.train()
         self._set_train_mode()
         self._report(phase="training")
+        try:
+            self._train(sampler, ds, collate, last_eval_step)
+        except _StopAgreed as stop:
+            self._stop(stop.phase)
+        loop_seconds = time.perf_counter() - self.train_started
+        self.train_seconds = self.cache_seconds + loop_seconds
+        self.samples_per_second = round(
+            self.steps_this_run * self.samples_per_step / max(loop_seconds, 1e-9), 2
+        )
+        # Everything is in the last checkpoint: an export cut short is simply redone.
+        with self.preemption.interruptible("exporting"):
+            return self._finish(started)
 
+    def _train(
+        self,
+        sampler: ResumableDistributedSampler,
+        ds: Dataset[Any],
+        collate: Any,
+        last_eval_step: int,
+    ) -> None:
+        """Steps, evaluations and checkpoints to the end; raises _StopAgreed on SIGTERM."""
+        t = self.spec.training
+        bs, gas = t.per_device_batch_size, t.gradient_accumulation_steps
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        throughput: float | None = None
+        self.train_started = train_started = time.perf_counter()
+        self.steps_this_run = 0
         while self.state.step < self.total_steps and not self.state.stopped_early:
             sampler.set_epoch(self.state.epoch)
             sampler.skip(self.state.batches_done * bs)
@@ -748,7 +823,9 @@ class Trainer:
                 micro = [next(batches) for _ in range(n_micro)]
                 loss = self._optimizer_step(micro)
                 self.state.step += 1
-                steps_this_run += 1
+                if self.progress is not None:  # carried by the next heartbeat
+                    self.progress.update(step=self.state.step, urgent=False)
+                self.steps_this_run += 1
                 self.state.batches_done += n_micro
                 window_loss += loss
                 window_steps += 1
@@ -764,13 +841,11 @@ class Trainer:
                     self.state.train_loss = mean_loss
                     self.samples_per_second = round(throughput, 2)
                     self._log_step(
-                        mean_loss, throughput, window_steps, train_started, steps_this_run
+                        mean_loss, throughput, window_steps, train_started, self.steps_this_run
                     )
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
 
-                if self.preemption.agreed():
-                    self._save()
-                    raise Preempted(f"preempted at step {self.state.step}; checkpoint saved")
+                self._poll_stop("training")
 
                 do_eval = (
                     t.eval_every_steps is not None and self.state.step % t.eval_every_steps == 0
@@ -785,6 +860,7 @@ class Trainer:
                 ) or (t.checkpoint_every_steps is None and epoch_end)
                 if do_ckpt or is_best:  # the best evaluation is always a checkpoint
                     self._save(is_best=is_best)
+                    self._poll_stop("saving")  # a SIGTERM during the save: it is saved now
                 if self.state.stopped_early:
                     if self.main:
                         log.info("early stopping at step %d", self.state.step)
@@ -796,12 +872,7 @@ class Trainer:
                 self._save(is_best=True)
         if self.last_saved_step != self.state.step:
             self._save()
-        loop_seconds = time.perf_counter() - train_started
-        self.train_seconds = self.cache_seconds + loop_seconds
-        self.samples_per_second = round(
-            steps_this_run * self.samples_per_step / max(loop_seconds, 1e-9), 2
-        )
-        return self._finish(started)
+        self._poll_stop("saving")  # a SIGTERM during the last evaluation or save
 
     def _log_step(
         self, loss: float, throughput: float, window: int, train_started: float, steps_run: int

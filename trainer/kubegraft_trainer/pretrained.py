@@ -20,8 +20,10 @@ Checkpoints, in the order they are recognised:
   ``torch.load(weights_only=True)``) for ``spec.model.architecture``.
 
 Nothing here unpickles arbitrary objects. Every failure a user can fix (missing, corrupt or
-mismatched checkpoint, unreachable Hub, missing num_labels) is a :class:`ConfigError` naming
-the field, which the entrypoint turns into exit code 78.
+mismatched checkpoint, a Hub repo or revision that does not exist or is denied, missing
+num_labels) is a :class:`ConfigError` naming the field, which the entrypoint turns into exit
+code 78; a Hub that is down, rate-limiting, slow or unreachable is a :class:`RetryableError`
+(exit 1: the operator restarts after its back-off) -- :func:`classify_hub_error`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from kubegraft.api.v1alpha1 import (
 )
 from kubegraft_trainer.architectures import CnnArchitecture, StateDict, get_architecture
 from kubegraft_trainer.blocks import BlockLayout
-from kubegraft_trainer.errors import ConfigError
+from kubegraft_trainer.errors import ConfigError, RetryableError
 from kubegraft_trainer.heads import build_head
 from kubegraft_trainer.lora import add_lora_adapters, default_text_targets, has_lora, merge_lora
 from kubegraft_trainer.model_summary import param_numel
@@ -332,6 +334,11 @@ def _download_from_hub(mspec: ModelSpec) -> Path:
             HF_TOKEN_ENV,
         )
     offline = hub_offline()
+    from huggingface_hub import set_client_factory
+
+    # The Hub client's default has no timeout: a Hub that accepts and never answers would
+    # hold the pod forever (its heartbeats going on). HF_HUB_DOWNLOAD_TIMEOUT bounds each wait.
+    set_client_factory(_hub_client)
 
     where = f"{mspec.checkpoint}" + (f"@{mspec.revision}" if mspec.revision else "")
     try:
@@ -355,27 +362,79 @@ def _download_from_hub(mspec: ModelSpec) -> Path:
                 )
             )
     except Exception as exc:  # the Hub client raises many types (HTTP, offline, auth)
-        name = type(exc).__name__
         if offline:
             reason = (
                 "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache "
-                f"({name}); mount the model and give its path instead"
+                f"({type(exc).__name__}); mount the model and give its path instead"
             )
-        elif name == "LocalEntryNotFoundError":  # the client could not reach the Hub at all
-            reason = (
-                "the Hugging Face Hub is unreachable and it is not in the local cache "
-                f"({name}: {_first_line(exc)[:200]})"
-            )
-        elif "Gated" in name or "Unauthorized" in name or "401" in str(exc) or "403" in str(exc):
-            reason = f"access denied ({name}); set spec.model.tokenSecretRef to a token with access"
-        elif "RepositoryNotFound" in name or "RevisionNotFound" in name or "EntryNotFound" in name:
-            reason = f"not found on the Hub ({name})"
-        else:
-            reason = (
-                f"the Hugging Face Hub is unreachable ({name}: {str(exc).splitlines()[0][:200]})"
-            )
-        raise ConfigError(f"cannot fetch {where}: {reason}", field=CHECKPOINT_FIELD) from exc
+            raise ConfigError(f"cannot fetch {where}: {reason}", field=CHECKPOINT_FIELD) from exc
+        permanent, reason = classify_hub_error(exc)
+        error = ConfigError if permanent else RetryableError
+        raise error(f"cannot fetch {where}: {reason}", field=CHECKPOINT_FIELD) from exc
     return local
+
+
+def _hub_client() -> Any:
+    """huggingface_hub's own client, with a timeout on every connect and read for requests
+    that name none (its repo-info call passes ``timeout=None``, which would wait forever)."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.utils._http import default_client_factory
+
+    bound = httpx2.Timeout(float(constants.HF_HUB_DOWNLOAD_TIMEOUT)).as_dict()
+
+    def with_timeout(request: Any) -> None:
+        given = request.extensions.get("timeout") or {}
+        if all(v is None for v in given.values()):
+            request.extensions["timeout"] = bound
+
+    client = default_client_factory()
+    hooks = client.event_hooks
+    hooks["request"] = [*hooks.get("request", []), with_timeout]
+    client.event_hooks = hooks
+    return client
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from, outermost first (the Hub client wraps the HTTP
+    error it fell back from in a LocalEntryNotFoundError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def classify_hub_error(exc: BaseException) -> tuple[bool, str]:
+    """Whether a Hub failure is permanent (the job's configuration: 401/403/404, a revision
+    that does not exist) and the reason in a few words. Everything else -- timeouts,
+    connection errors, 5xx, 429, anything unknown -- may go away, so it is retryable."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
+
+    for e in _causes(exc):
+        name = type(e).__name__
+        if isinstance(e, RevisionNotFoundError):
+            return True, f"revision not found on the Hub ({name})"
+        response = getattr(e, "response", None) if isinstance(e, HfHubHTTPError) else None
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            if status in (401, 403):
+                return True, (
+                    f"access denied (HTTP {status}, {name}); set spec.model.tokenSecretRef to "
+                    "a token with access"
+                )
+            if status == 404:
+                return True, f"not found on the Hub (HTTP 404, {name})"
+            if status == 429:
+                return False, f"rate-limited by the Hub (HTTP 429, {name}); will retry"
+            return False, f"the Hub answered HTTP {status} ({name}); will retry"
+        if isinstance(e, (httpx2.TimeoutException, TimeoutError)):
+            return False, f"the Hub did not answer in time ({name}); will retry"
+        if isinstance(e, (httpx2.TransportError, ConnectionError)):
+            return False, f"the Hub is unreachable ({name}: {_first_line(e)[:160]}); will retry"
+    return False, f"the Hub request failed ({type(exc).__name__}: {_first_line(exc)[:160]})"
 
 
 # ------------------------------------------------------------------------ Hugging Face dirs
