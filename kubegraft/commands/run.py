@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kubegraft.api.errors import describe
 from kubegraft.api.v1alpha1 import FineTuneJob
 from kubegraft.exitcodes import ExitCode, node_exit_code
 from kubegraft.launch import build_launch
@@ -173,12 +174,9 @@ def localize(
 
 
 def validation_messages(exc: ValidationError) -> list[str]:
-    """One ``field: problem`` line per error, fields as on the wire."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        lines.append(f"{loc}: {err['msg']}")
-    return lines
+    """One ``field: problem`` line per error, fields as on the wire (a broken cross-field rule
+    names its own field, as ``kubegraft validate`` does)."""
+    return describe(exc)
 
 
 def cross_field_problems(job: FineTuneJob) -> list[str]:
