@@ -45,9 +45,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 RUN_TIMEOUT = 420.0
 """One tiny run takes ~1 minute on 2 idle cores; the test machines are shared and busy."""
-OUTPUT_CLAIM = "shared-output"
-"""The ReadWriteMany claim the jobs name as their output (the local kubelet maps the output
-volume to one host dir, as such a claim would be on a cluster)."""
 
 
 @pytest.fixture
@@ -59,21 +56,7 @@ def operator(op_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[Op
 
 @pytest.fixture
 def kubelet(cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path) -> Iterator[LocalKubelet]:
-    """The local kubelet for the test's namespace; the output volume is one shared tmp dir.
-    The claim the jobs name exists (the operator checks it, and that it is ReadWriteMany,
-    before it creates pods); nothing binds it here, and a Pending claim is no failure."""
-    kube.core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": OUTPUT_CLAIM},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
+    """The local kubelet for the test's namespace; the output volume is one shared tmp dir."""
     root = repo_root()
     with LocalKubelet(
         kube.api_client,  # type: ignore[arg-type]
@@ -116,13 +99,11 @@ def quickstart_job(
         training["checkpointEverySteps"] = checkpoint_every
     spec["distributed"] = {"nodes": 2, "procsPerNode": 1, "masterPort": free_port()}
     # The config names the output path the trainer writes to; the local kubelet maps the
-    # output volume (the claim, which kwok never binds: Pending is fine for the operator) to
-    # the same host dir, so mount path and host path are one: what a ReadWriteMany claim gives.
-    spec["output"] = {
-        "path": str(output),
-        "persistentVolumeClaim": OUTPUT_CLAIM,
-        "keepCheckpoints": 2,
-    }
+    # output volume to the same host dir, so mount path and host path are one, shared by both
+    # ranks as a ReadWriteMany claim would be. `ephemeral`: a claim would need a bound
+    # PersistentVolume before the real kube-scheduler places the pods, and the local kubelet
+    # maps the volume by name whatever its type.
+    spec["output"] = {"path": str(output), "ephemeral": True, "keepCheckpoints": 2}
     # `run`: kwok keeps these pods Running whatever owns them; the local kubelet finishes them.
     spec["pod"] = {"labels": {OUTCOME_LABEL: "run"}}
     spec["runPolicy"] = {
