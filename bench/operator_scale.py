@@ -413,6 +413,7 @@ def job_manifest(name: str) -> dict[str, Any]:
             "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
             "training": {"maxSteps": 1000},
             "distributed": {"nodes": NODES_PER_JOB, "procsPerNode": 1, "gpusPerNode": 0},
+            "output": {"ephemeral": True},  # kwok's pods write nothing
             "pod": {"labels": {OUTCOME_LABEL: "run"}},
             "runPolicy": {"startupTimeoutSeconds": 3600, "stallTimeoutSeconds": 36000},
         },

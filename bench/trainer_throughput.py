@@ -115,7 +115,12 @@ def job_spec(policy: str, args: argparse.Namespace, output: str) -> dict[str, An
             "numWorkers": 0,
         },
         "distributed": {"procsPerNode": 1},
-        "output": {"path": output, "keepCheckpoints": 1, "saveFinalModel": False},
+        "output": {
+            "path": output,
+            "ephemeral": True,
+            "keepCheckpoints": 1,
+            "saveFinalModel": False,
+        },
     }
 
 

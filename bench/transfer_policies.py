@@ -152,7 +152,12 @@ def job_spec(model: str, policy: str, args: argparse.Namespace, output: str) -> 
         "distributed": {"procsPerNode": 1},
         "freeze": FREEZE[policy],
         "training": training,
-        "output": {"path": output, "keepCheckpoints": 1, "saveFinalModel": False},
+        "output": {
+            "path": output,
+            "ephemeral": True,
+            "keepCheckpoints": 1,
+            "saveFinalModel": False,
+        },
     }
     if model == "minilm":
         return {

@@ -242,9 +242,12 @@ def job_manifest(
     delay: str = "2s",
     exit_code: int | None = None,
     run_policy: dict[str, Any] | None = None,
+    output: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A small FineTuneJob whose (kwok-played) pods choose their fate: ``outcome`` is
-    succeed, fail (with ``exit_code``) or run, after ``delay`` (see kubegraft.devcluster)."""
+    succeed, fail (with ``exit_code``) or run, after ``delay`` (see kubegraft.devcluster).
+    Its output is ``ephemeral`` unless ``output`` says otherwise: kwok's pods write nothing,
+    and no PersistentVolumeClaim is needed for them."""
     from kubegraft.devcluster.manifests import DELAY_ANNOTATION, EXIT_CODE_ANNOTATION, OUTCOME_LABEL
 
     annotations = {DELAY_ANNOTATION: delay}
@@ -262,9 +265,8 @@ def job_manifest(
             "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
             "training": {"maxSteps": 200},
             "distributed": distributed,
+            "output": output if output is not None else {"ephemeral": True},
             "pod": {"labels": {OUTCOME_LABEL: outcome}, "annotations": annotations},
-            # kwok's pods write nothing: no PersistentVolumeClaim needed.
-            "output": {"ephemeral": True},
             "runPolicy": {
                 "restartBackoffSeconds": 1,
                 "startupTimeoutSeconds": 60,

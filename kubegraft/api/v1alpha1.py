@@ -673,20 +673,37 @@ class PodSpecOverrides(ApiModel):
 
 
 class OutputSpec(ApiModel):
-    """Where checkpoints, the final model and metrics go."""
+    """Where checkpoints, the final model and metrics go. On a cluster, a PersistentVolumeClaim
+    (persistentVolumeClaim) unless the job says it may lose them (ephemeral)."""
+
+    cel_rules = (
+        Rule(
+            "!has(self.persistentVolumeClaim) || !has(self.ephemeral) || !self.ephemeral",
+            "set at most one of persistentVolumeClaim and ephemeral: true (ephemeral means an "
+            "emptyDir instead of a claim)",
+            ".ephemeral",
+            lambda o: o.persistent_volume_claim is None or not o.ephemeral,
+        ),
+    )
 
     path: str = Field(default="/output", min_length=1, max_length=4096, pattern=r"^/.*")
     """Directory, shared by all nodes, for checkpoints/, model/ and metrics.json. Locally, a
     path relative to the manifest is allowed with `kubegraft run`."""
-    persistent_volume_claim: str | None = Field(default=None, max_length=253)
-    """PersistentVolumeClaim mounted at path in every pod, where checkpoints, the final model
-    and metrics.json survive the pods. Required on a cluster when the job may be retried
-    (runPolicy.backoffLimit > 0), spans several nodes (then ReadWriteMany) or checkpoints at
-    an interval, unless ephemeral is true. `kubegraft run` ignores it and writes to a local
-    directory."""
+    persistent_volume_claim: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """PersistentVolumeClaim (in the job's namespace) mounted at path in every pod, where
+    checkpoints, the final model and metrics.json survive the pods. Required when the job may
+    be retried (runPolicy.backoffLimit > 0, the default), spans several nodes or checkpoints
+    at an interval (training.checkpointEverySteps), unless ephemeral is true: a gang restart
+    gets new pods with empty volumes and would start again from step 0. With nodes > 1 the
+    claim must be ReadWriteMany (every node writes its part of each checkpoint); the operator
+    checks that, and that the claim exists, before it creates pods. `kubegraft run` does not
+    mount it: it writes to a local directory, which is durable."""
     ephemeral: bool = False
     """Accept an emptyDir for the output: checkpoints, the model and metrics.json die with the
-    pods, and a gang restart starts again from step 0. For tests and throwaway runs only."""
+    pods, and a gang restart starts again from step 0. For tests and throwaway runs only.
+    `kubegraft run` writes to its local directory either way."""
     keep_checkpoints: int = Field(default=2, ge=1, le=1000)
     """How many recent checkpoints to keep (the best one is kept in addition)."""
     save_final_model: bool = True
@@ -771,6 +788,34 @@ def _text_task_validation_ok(spec: FineTuneJobSpec) -> bool:
     return spec.dataset.validation.format != DataFormat.IMAGE_FOLDER
 
 
+def needs_durable_output(spec: FineTuneJobSpec) -> bool:
+    """Whether the job relies on its output surviving its pods: it may be retried
+    (backoffLimit > 0), spans several nodes (a lost node restarts the gang) or checkpoints at
+    an interval (checkpoints are only worth something if a restart can find them)."""
+    return (
+        spec.run_policy.backoff_limit > 0
+        or spec.distributed.nodes > 1
+        or spec.training.checkpoint_every_steps is not None
+    )
+
+
+def _output_durable_ok(spec: FineTuneJobSpec) -> bool:
+    out = spec.output
+    durable_or_waived = out.persistent_volume_claim is not None or out.ephemeral
+    return durable_or_waived or not needs_durable_output(spec)
+
+
+OUTPUT_DURABILITY_MESSAGE = (
+    "output.persistentVolumeClaim is required when the job may restart "
+    "(runPolicy.backoffLimit > 0, the default is 3), spans several nodes "
+    "(distributed.nodes > 1, then ReadWriteMany) or checkpoints at an interval "
+    "(training.checkpointEverySteps): without a claim the output is an emptyDir, so a gang "
+    "restart gets new pods with empty volumes and starts again from step 0, and the final "
+    "model and metrics.json die with the pods. Give a PersistentVolumeClaim, or set "
+    "output.ephemeral: true to accept losing them"
+)
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state: take this pretrained checkpoint, freeze these layers, fine-tune on this
     data, on N nodes x G processes. model, dataset, freeze, training, distributed and output
@@ -791,6 +836,18 @@ class FineTuneJobSpec(ApiModel):
             "dataset.validation.format image-folder is only allowed with task image-classification",
             ".dataset.validation.format",
             _text_task_validation_ok,
+        ),
+        Rule(
+            "(has(self.output) && (has(self.output.persistentVolumeClaim) "
+            "|| (has(self.output.ephemeral) && self.output.ephemeral))) "
+            "|| ((has(self.runPolicy) && has(self.runPolicy.backoffLimit) "
+            "&& self.runPolicy.backoffLimit == 0) "
+            "&& (!has(self.distributed) || !has(self.distributed.nodes) "
+            "|| self.distributed.nodes == 1) "
+            "&& (!has(self.training) || !has(self.training.checkpointEverySteps)))",
+            OUTPUT_DURABILITY_MESSAGE,
+            ".output.persistentVolumeClaim",
+            _output_durable_ok,
         ),
         *(_immutable(f) for f in IMMUTABLE_SPEC_FIELDS),
     )

@@ -11,7 +11,11 @@ the field, with exit code 78); local adjustments are then made and written to
 * the rendezvous port is a free one, so runs do not collide;
 * ``output.path``: ``--output``, else the manifest's unless it is the in-cluster default,
   else ``./runs/<job-name>``; relative paths are taken from the current directory, and
-  relative data/checkpoint paths from the manifest's directory.
+  relative data/checkpoint paths from the manifest's directory;
+* ``output.persistentVolumeClaim`` is not mounted and ``output.ephemeral`` changes nothing:
+  the local directory outlives the run either way, and a re-run of the same manifest resumes
+  its own checkpoints. The manifest must still satisfy the durable-output rule (a claim or
+  ``ephemeral``), so that what runs here is what a cluster admits.
 
 The command is :func:`kubegraft.launch.build_launch` for node 0 -- exactly what a worker pod
 runs -- started as a subprocess. A progress bar follows the trainer's progress file (loss,
@@ -37,6 +41,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kubegraft.api.errors import describe
 from kubegraft.api.v1alpha1 import FineTuneJob
 from kubegraft.exitcodes import ExitCode, node_exit_code
 from kubegraft.launch import build_launch
@@ -169,12 +174,9 @@ def localize(
 
 
 def validation_messages(exc: ValidationError) -> list[str]:
-    """One ``field: problem`` line per error, fields as on the wire."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        lines.append(f"{loc}: {err['msg']}")
-    return lines
+    """One ``field: problem`` line per error, fields as on the wire (a broken cross-field rule
+    names its own field, as ``kubegraft validate`` does)."""
+    return describe(exc)
 
 
 def cross_field_problems(job: FineTuneJob) -> list[str]:

@@ -62,12 +62,13 @@ _PATHS: dict[str, str] = {
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "Service": "/api/v1/namespaces/{ns}/services",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
     "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     "FineTuneJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
 }
-"""Collection path of each kind the operator writes."""
+"""Collection path of each kind the operator writes (or reads: the output claim)."""
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30.0
@@ -166,6 +167,11 @@ class Api:
     def get_progress(self, namespace: str, job: str) -> Obj | None:
         path = _path("ConfigMap", namespace, names.progress_config_map(job))
         return self.request("get_configmap", "GET", path, ok=(404,))
+
+    def get_claim(self, namespace: str, name: str) -> Obj | None:
+        """The job's output PersistentVolumeClaim; None when it does not exist."""
+        path = _path("PersistentVolumeClaim", namespace, name)
+        return self.request("get_pvc", "GET", path, ok=(404,))
 
     # ----------------------------------------------------------------- writes
     def create_if_absent(self, obj: Obj) -> tuple[Obj, bool]:

@@ -18,6 +18,7 @@ States (``status.state``) and how they move::
         -> Restarting likewise, counted in disruptions, not restarts
         -> Failed MaxDisruptionsExceeded once disruptions == maxDisruptions
     exit 78 (CONFIG_ERROR) -> Failed ConfigurationError at once
+    output claim missing, or not ReadWriteMany with nodes > 1 -> Failed OutputClaim* (no pods)
     activeDeadlineSeconds of time not suspended since startTime -> Failed DeadlineExceeded
     suspend: true -> Suspended (pods deleted, status kept); false -> Pending (attempt+1)
     pods of an earlier job of the same name (other owner UID) -> Pending WaitingForPreviousJob
@@ -52,6 +53,7 @@ from kubegraft_operator import names
 from kubegraft_operator.observe import (
     CONFIG_PROBLEMS,
     IMAGE_PROBLEMS,
+    ClaimObservation,
     Observation,
     PodObservation,
     PodPhase,
@@ -188,6 +190,45 @@ def keeps_reconciling(job: Mapping[str, Any]) -> bool:
         return True
     ttl = ((job.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
     return ttl is not None or status.get("active") != 0
+
+
+def claim_to_check(job: FineTuneJob, observed: Observation) -> str | None:
+    """The output claim the shell must read before deciding: the job names one and a gang
+    may be created in this pass (it is not finished and some rank of its current attempt has
+    no pod). Reading it only then keeps a running job's passes free of extra requests."""
+    claim = job.spec.output.persistent_volume_claim
+    status = job.status or FineTuneJobStatus()
+    if claim is None or status.state in (JobState.SUCCEEDED, JobState.FAILED):
+        return None
+    ranks = {p.rank for p in observed.pods if p.attempt == status.attempt}
+    return claim if len(ranks) < job.spec.distributed.nodes else None
+
+
+def claim_problem(job: FineTuneJob, claim: ClaimObservation | None) -> tuple[str, str] | None:
+    """(reason, message) when the output claim cannot hold the job's output; None when it
+    can or was not read. The CRD cannot see another object, so this is checked here: the
+    claim must exist, and with nodes > 1 be ReadWriteMany, since every node writes its part
+    of each checkpoint into it. A claim still Pending (being provisioned) is fine."""
+    if claim is None:
+        return None
+    field = "spec.output.persistentVolumeClaim"
+    ns = job.metadata.namespace or "default"
+    if not claim.found:
+        return (
+            "OutputClaimNotFound",
+            f"{field}: PersistentVolumeClaim {ns}/{claim.name} does not exist; create it "
+            "(ReadWriteMany when distributed.nodes > 1), then recreate the job",
+        )
+    nodes = job.spec.distributed.nodes
+    if nodes > 1 and "ReadWriteMany" not in claim.access_modes:
+        modes = ", ".join(claim.access_modes) or "none"
+        return (
+            "OutputClaimNotReadWriteMany",
+            f"{field}: PersistentVolumeClaim {ns}/{claim.name} has access modes [{modes}]; "
+            f"a job on {nodes} nodes needs ReadWriteMany (every node writes its part of each "
+            "checkpoint to the shared output)",
+        )
+    return None
 
 
 def backoff_seconds(base: int, restarts: int) -> float:
@@ -433,6 +474,10 @@ def _create_gang(ctx: _Ctx, stale: list[PodObservation], missing: list[int]) -> 
                 f"waiting for {len(old_active)} pod(s) of the previous attempt to terminate",
             )
         ctx.requeue(CONFIRM_SECONDS)
+        return
+    problem = claim_problem(ctx.job, ctx.obs.output_claim)
+    if problem is not None:
+        _fail(ctx, list(ctx.obs.pods), *problem)  # no pods created
         return
     d = ctx.decision
     # Infrastructure too, every time a gang is created: create-if-absent makes it cheap, and a

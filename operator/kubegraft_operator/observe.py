@@ -79,6 +79,18 @@ class PodObservation:
 
 
 @dataclass(frozen=True)
+class ClaimObservation:
+    """The job's output PersistentVolumeClaim, as read just before its pods are created."""
+
+    name: str
+    found: bool
+    phase: str | None = None
+    """Pending, Bound or Lost; Pending (not yet provisioned or bound) is no problem."""
+    access_modes: tuple[str, ...] = ()
+    """The bound volume's modes (status), else the requested ones (spec)."""
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything the state machine looks at besides the job itself."""
 
@@ -91,6 +103,9 @@ class Observation:
     """Pods with the job's name label that another owner controls: in practice those of an
     earlier job of the same name, deleted but with pods still terminating. Never counted,
     never adopted; the job waits for them to go (same pod names and hostnames)."""
+    output_claim: ClaimObservation | None = None
+    """spec.output.persistentVolumeClaim, read by the shell only when a gang is about to be
+    created (see :func:`.decide.claim_to_check`); None when it was not read."""
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -243,3 +258,17 @@ def observe_progress(config_map: Mapping[str, Any] | None) -> ProgressReport | N
         return ProgressReport.model_validate(data)
     except ValidationError:
         return None
+
+
+def observe_claim(name: str, pvc: Mapping[str, Any] | None) -> ClaimObservation:
+    """The output claim ``name`` from a GET of it (None: 404)."""
+    if pvc is None:
+        return ClaimObservation(name=name, found=False)
+    status = pvc.get("status") or {}
+    modes = status.get("accessModes") or (pvc.get("spec") or {}).get("accessModes") or []
+    return ClaimObservation(
+        name=name,
+        found=True,
+        phase=status.get("phase"),
+        access_modes=tuple(str(m) for m in modes),
+    )

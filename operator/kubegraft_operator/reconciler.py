@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -35,8 +36,14 @@ from kubegraft.constants import LABEL_COMPONENT
 from kubegraft_operator import conditions as cond
 from kubegraft_operator import metrics, settings
 from kubegraft_operator.apply import Api, merge_patch
-from kubegraft_operator.decide import CONFIRM_SECONDS, Decision, Event, decide
-from kubegraft_operator.observe import Observation, controller_uid, format_time, short_message
+from kubegraft_operator.decide import CONFIRM_SECONDS, Decision, Event, claim_to_check, decide
+from kubegraft_operator.observe import (
+    Observation,
+    controller_uid,
+    format_time,
+    observe_claim,
+    short_message,
+)
 from kubegraft_operator.render import COMPONENT_CONFIG
 from kubegraft_operator.store import Key, Store, newer_or_equal
 
@@ -132,6 +139,11 @@ class Reconciler:
             written = self._write_status(ns, name, raw, status)
             ev = [Event("Warning", "InvalidSpec", status.message or "")] if written else []
             return Outcome(requeue_after=None, events=ev, written=written, state=str(status.state))
+        claim = claim_to_check(job, observed)
+        if claim is not None:  # a gang may be created: read the output claim first
+            observed = dataclasses.replace(
+                observed, output_claim=observe_claim(claim, self.api.get_claim(ns, claim))
+            )
         decision = decide(job, observed, now)
         pods = self._apply(decision, ns)
         written = self._write_status(ns, name, raw, decision.status)

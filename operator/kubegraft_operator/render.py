@@ -115,17 +115,22 @@ def _meta(name: str, namespace: str, job: str, uid: str, component: str) -> Obj:
     }
 
 
-def config_document(job: FineTuneJob, namespace: str) -> str:
-    """The job manifest the trainer reads (``job.yaml``): only name, namespace and spec, and
-    of the spec not ``pod.env``. The environment reaches the trainer as the container's
-    environment; a literal value there may be a secret a user should have put in a Secret,
-    and a ConfigMap is readable by anyone who may read the namespace's ConfigMaps."""
+def config_document(job: FineTuneJob, namespace: str, uid: str) -> str:
+    """The job manifest the trainer reads (``job.yaml``): only name, namespace, uid and spec,
+    and of the spec not ``pod.env``.
+
+    The uid is the job's identity in its checkpoints: the trainer resumes only checkpoints of
+    the same uid, so a job recreated under the same name (a new uid) never silently resumes
+    its predecessor's optimizer from a shared claim. The environment reaches the trainer as
+    the container's environment; a literal value there may be a secret a user should have put
+    in a Secret, and a ConfigMap is readable by anyone who may read the namespace's
+    ConfigMaps."""
     spec = job.spec.to_wire()
     spec.get("pod", {}).pop("env", None)
     doc = {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": job.metadata.name, "namespace": namespace},
+        "metadata": {"name": job.metadata.name, "namespace": namespace, "uid": uid},
         "spec": spec,
     }
     return yaml.dump(doc, Dumper=YamlDumper, sort_keys=True)
@@ -164,7 +169,7 @@ def render_config_map(job: FineTuneJob, *, namespace: str, uid: str) -> Obj:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(names.config_map(name), namespace, name, uid, COMPONENT_CONFIG),
-        "data": {CONFIG_FILE: config_document(job, namespace)},
+        "data": {CONFIG_FILE: config_document(job, namespace, uid)},
     }
 
 

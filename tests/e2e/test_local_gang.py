@@ -99,8 +99,11 @@ def quickstart_job(
         training["checkpointEverySteps"] = checkpoint_every
     spec["distributed"] = {"nodes": 2, "procsPerNode": 1, "masterPort": free_port()}
     # The config names the output path the trainer writes to; the local kubelet maps the
-    # output volume to the same host dir, so mount path and host path are one.
-    spec["output"] = {"path": str(output), "keepCheckpoints": 2}
+    # output volume to the same host dir, so mount path and host path are one, shared by both
+    # ranks as a ReadWriteMany claim would be. `ephemeral`: a claim would need a bound
+    # PersistentVolume before the real kube-scheduler places the pods, and the local kubelet
+    # maps the volume by name whatever its type.
+    spec["output"] = {"path": str(output), "ephemeral": True, "keepCheckpoints": 2}
     # `run`: kwok keeps these pods Running whatever owns them; the local kubelet finishes them.
     spec["pod"] = {"labels": {OUTCOME_LABEL: "run"}}
     spec["runPolicy"] = {

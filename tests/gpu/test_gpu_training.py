@@ -70,7 +70,7 @@ def _spec(
             "cacheFrozenFeatures": False,
         },
         "distributed": {"procsPerNode": _gpus(), "backend": "nccl", **distributed},
-        "output": {"path": str(out), "keepCheckpoints": 1},
+        "output": {"path": str(out), "ephemeral": True, "keepCheckpoints": 1},
     }
 
 

@@ -36,6 +36,7 @@ def job(model: dict[str, Any], freeze: dict[str, Any] | None = None) -> FineTune
             "model": model,
             "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
             "freeze": freeze or {},
+            "output": {"ephemeral": True},
         }
     )
 

@@ -40,7 +40,11 @@ EFFNET_FILE = (
 
 def job(**model: Any) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(
-        {"model": model, "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1}}
+        {
+            "model": model,
+            "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
+            "output": {"ephemeral": True},
+        }
     )
 
 
@@ -270,6 +274,7 @@ def test_causal_lm_from_a_hugging_face_directory(tmp_path: Path) -> None:
             "model": {"checkpoint": str(tmp_path / "gpt"), "task": "causal-lm"},
             "dataset": {"train": {"uri": "/d.jsonl"}, "validationSplit": 0.1},
             "freeze": {"preset": "lora"},
+            "output": {"ephemeral": True},
         }
     )
     bundle = load_model(spec, num_labels=None)

@@ -47,6 +47,9 @@ def _manifest(tmp_path: Path, **training: object) -> Path:
                 **training,
             },
             "distributed": {"procsPerNode": 1},
+            # A cluster manifest: `kubegraft run` does not mount the claim, it writes to a
+            # local directory (--output here), and the manifest stays valid as it is.
+            "output": {"persistentVolumeClaim": "digits-output"},
         },
     }
     path = tmp_path / "job.yaml"
@@ -82,6 +85,7 @@ def test_bad_manifest_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixt
                     "model": {"checkpoint": "/x", "task": "sequence-classification"},
                     "dataset": {"train": {"uri": "/d.jsonl"}, "validationSplit": 0.1},
                     "training": {"epochs": 0, "learningRat": 1},
+                    "output": {"ephemeral": True},
                 },
             }
         )
@@ -97,6 +101,30 @@ def test_bad_manifest_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cli_main(args) == 78
     assert "set exactly one of epochs and maxSteps" in capsys.readouterr().err
     assert cli_main(["run", str(tmp_path / "missing.yaml")]) == 78
+
+
+def test_run_takes_the_manifests_the_cluster_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The durable-output rule holds locally too (one manifest for both places): a job that
+    may restart, without a claim and without ephemeral, is refused before anything starts;
+    with a claim it is the cluster's manifest and runs here, writing to a local directory."""
+    doc = {
+        "apiVersion": "kubegraft.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "no-claim"},
+        "spec": {
+            "model": {"checkpoint": "/x", "task": "sequence-classification"},
+            "dataset": {"train": {"uri": "/d.jsonl"}, "validationSplit": 0.1},
+        },
+    }
+    path = tmp_path / "no-claim.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert cli_main(["run", str(path), "--output", str(tmp_path / "out")]) == 78
+    err = capsys.readouterr().err
+    assert "spec.output.persistentVolumeClaim" in err
+    assert "starts again from step 0" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_run_locally_with_two_processes(tmp_path: Path) -> None:

@@ -69,6 +69,12 @@ def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_job(path: Path, name: str, spec: dict[str, Any]) -> Path:
+    """Write a FineTuneJob manifest around ``spec``. Unless the spec says otherwise, its output
+    is ``ephemeral: true``: these runs write to a local directory, but the manifest must
+    still be one the cluster would admit (the durable-output rule), as with ``kubegraft run``."""
+    output = spec.get("output") or {}
+    if "persistentVolumeClaim" not in output and "ephemeral" not in output:
+        spec = {**spec, "output": {**output, "ephemeral": True}}
     doc = {
         "apiVersion": "kubegraft.io/v1alpha1",
         "kind": "FineTuneJob",

@@ -89,6 +89,7 @@ def test_wire_format_is_camel_case_and_python_is_snake_case() -> None:
         {
             "model": {"checkpoint": "/m", "task": "sequence-classification"},
             "dataset": {"train": {"uri": "/d.jsonl"}, "validationSplit": 0.1},
+            "output": {"ephemeral": True},
             "freeze": {"preset": "top-k", "topK": 2},
         }
     )
@@ -104,6 +105,7 @@ def test_omitted_training_means_one_epoch() -> None:
         {
             "model": {"checkpoint": "/m", "task": "causal-lm"},
             "dataset": {"train": {"uri": "/d"}, "validationSplit": 0.1},
+            "output": {"ephemeral": True},
         }
     )
     assert spec.training.epochs == 1
@@ -123,6 +125,7 @@ def test_unknown_fields_are_errors_not_silent_defaults() -> None:
             {
                 "model": {"checkpoint": "/m", "task": "causal-lm"},
                 "dataset": {"train": {"uri": "/d"}, "validationSplit": 0.1},
+                "output": {"ephemeral": True},
                 "training": {"epoch": 3},
             }
         )
@@ -147,6 +150,7 @@ def test_status_accepts_the_operators_fields_and_ignores_unknown_ones() -> None:
             "spec": {
                 "model": {"checkpoint": "/m", "task": "causal-lm"},
                 "dataset": {"train": {"uri": "/d"}, "validationSplit": 0.1},
+                "output": {"ephemeral": True},
             },
             "status": {
                 "state": "Running",

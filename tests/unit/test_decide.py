@@ -31,6 +31,7 @@ def make_job(nodes: int = 2, **run_policy: Any) -> FineTuneJob:
                 "model": {"checkpoint": "/ckpt", "task": "sequence-classification"},
                 "dataset": {"train": {"uri": "/d.jsonl"}, "validationSplit": 0.1},
                 "distributed": {"nodes": nodes, "procsPerNode": 2},
+                "output": {"ephemeral": True},
                 "runPolicy": {
                     "restartBackoffSeconds": 10,
                     "startupTimeoutSeconds": 60,

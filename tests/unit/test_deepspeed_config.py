@@ -17,6 +17,7 @@ def _spec(**deepspeed: Any) -> FineTuneJobSpec:
         {
             "model": {"checkpoint": "/ckpt", "task": "sequence-classification"},
             "dataset": {"train": {"uri": "/data.jsonl"}, "validationSplit": 0.1},
+            "output": {"ephemeral": True},
             "training": {
                 "epochs": 1,
                 "perDeviceBatchSize": 8,

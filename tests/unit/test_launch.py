@@ -17,6 +17,7 @@ def _spec(**distributed: object) -> FineTuneJobSpec:
             "model": {"checkpoint": "/models/bert", "task": "sequence-classification"},
             "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
             "distributed": {"nodes": 2, "procsPerNode": 8, **distributed},
+            "output": {"persistentVolumeClaim": "shared-output"},
         }
     )
 

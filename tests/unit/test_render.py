@@ -204,3 +204,12 @@ def test_cpu_only_job_requests_no_gpus() -> None:
     job.spec.distributed.gpus_per_node = 0
     c = pods(rendered(job))[0]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in str(c.get("resources", {}))
+
+
+def test_config_carries_the_job_uid_for_checkpoint_identity() -> None:
+    """The trainer resumes only checkpoints of its own job: the uid reaches it in job.yaml."""
+    cm = next(
+        o for o in rendered(load("basic")) if o["kind"] == "ConfigMap" and "job.yaml" in o["data"]
+    )
+    doc = yaml.safe_load(cm["data"]["job.yaml"])
+    assert doc["metadata"]["uid"] == UID

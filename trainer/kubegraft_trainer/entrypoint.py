@@ -51,8 +51,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
     return "\n".join(lines)
 
 
-def load_job(path: str | os.PathLike[str]) -> tuple[FineTuneJobSpec, str]:
-    """The spec and job name of a manifest file (a whole FineTuneJob, or just its spec)."""
+def load_job(path: str | os.PathLike[str]) -> tuple[FineTuneJobSpec, str, str | None]:
+    """The spec, job name and job uid (None without one, e.g. under ``kubegraft run``) of a
+    manifest file (a whole FineTuneJob, or just its spec)."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
@@ -64,8 +65,9 @@ def load_job(path: str | os.PathLike[str]) -> tuple[FineTuneJobSpec, str]:
     try:
         if "spec" in doc:
             job = FineTuneJob.model_validate(doc)
-            return job.spec, job.metadata.name
-        return FineTuneJobSpec.model_validate(doc), "job"
+            uid = (job.metadata.model_extra or {}).get("uid")
+            return job.spec, job.metadata.name, str(uid) if uid else None
+        return FineTuneJobSpec.model_validate(doc), "job", None
     except ValidationError as exc:
         raise ConfigError(
             "invalid manifest:\n"
@@ -126,13 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(
                 f"no manifest: pass --config or set {ENV_JOB_CONFIG}", field="--config"
             )
-        spec, name = load_job(args.config)
+        spec, name, uid = load_job(args.config)
         output = Path(spec.output.path)
         from kubegraft_trainer.loop import Trainer
         from kubegraft_trainer.signals import Preempted
 
         try:
-            result = Trainer(spec, job_name=name, preemption=flag).run()
+            result = Trainer(spec, job_name=name, preemption=flag, job_uid=uid).run()
         except Preempted as exc:
             code, message = int(ExitCode.PREEMPTED), str(exc)
             log.warning("%s", exc)

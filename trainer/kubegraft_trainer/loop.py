@@ -75,6 +75,7 @@ from kubegraft_trainer.feature_cache import (
 from kubegraft_trainer.freeze import FreezePolicy
 from kubegraft_trainer.metrics_exporter import TrainingMetrics
 from kubegraft_trainer.pretrained import ModelBundle, load_model, without_zero3_init
+from kubegraft_trainer.run_identity import identity_problem, job_uid, run_identity
 from kubegraft_trainer.signals import Preempted, PreemptionFlag
 
 log = logging.getLogger(__name__)
@@ -250,11 +251,17 @@ class Trainer:
     """One run of one spec in this process (rank); :meth:`run` returns the metrics."""
 
     def __init__(
-        self, spec: FineTuneJobSpec, *, job_name: str, preemption: PreemptionFlag | None = None
+        self,
+        spec: FineTuneJobSpec,
+        *,
+        job_name: str,
+        preemption: PreemptionFlag | None = None,
+        job_uid: str | None = None,
     ) -> None:
         validate_spec(spec)
         self.spec = spec
         self.job_name = job_name
+        self.job_uid = job_uid
         self.output = Path(spec.output.path)
         self.preemption = preemption or PreemptionFlag()
         self.deepspeed = spec.distributed.strategy == Strategy.DEEPSPEED
@@ -331,14 +338,25 @@ class Trainer:
         self.total_steps = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
         self.samples_per_step = bs * gas * self.world
 
-        # Checkpoint to resume from, read before the freeze stage is applied.
+        # Checkpoint to resume from (the same one on every rank, and only one of this run),
+        # read before the freeze stage is applied.
         self.ckpt = CheckpointManager(
             self.output / CHECKPOINT_DIR, keep=spec.output.keep_checkpoints
         )
-        self.resume_from = self.ckpt.latest()
+        self.identity = run_identity(
+            spec,
+            job_name=self.job_name,
+            uid=job_uid(self.job_uid, name=self.job_name, namespace=None),
+        )
+        self.resume_from = self.ckpt.agreed_latest(self.acc)
         self.state = LoopState(label_names=list(self.label_names))
         if self.resume_from is not None:
             saved = read_trainer_state(self.resume_from)
+            problem = identity_problem(
+                saved.get("run"), self.identity, checkpoint=str(self.resume_from)
+            )
+            if problem is not None:
+                raise ConfigError(problem, field="spec.output")
             if saved.get("label_names", []) != list(self.label_names):
                 raise ConfigError(
                     f"the checkpoint {self.resume_from} was trained on labels "
@@ -441,7 +459,20 @@ class Trainer:
             )
         if self.resume_from is not None:
             self._report(phase="loading", latest_checkpoint=str(self.resume_from))
-            self.acc.load_state(str(self.resume_from))
+            try:
+                self.acc.load_state(str(self.resume_from))
+            except (RuntimeError, ValueError, KeyError) as exc:
+                if not _is_shape_mismatch(exc):
+                    raise
+                # Retrying cannot help: the checkpoint was written for another network (a
+                # checkpoint from before run identities, or weights changed under the same
+                # model.checkpoint URI).
+                raise ConfigError(
+                    f"the checkpoint {self.resume_from} does not fit this model (another "
+                    f"architecture or head): {str(exc).splitlines()[0][:300]}; delete it or "
+                    "use another output to start afresh",
+                    field="spec.model",
+                ) from exc
             if self.main:
                 log.info(
                     "resumed from %s at step %d (epoch %d, batch %d)",
@@ -729,17 +760,20 @@ class Trainer:
         )
         return best
 
-    def _save(self, *, is_best: bool = False) -> Path:
+    def _save(self, *, is_best: bool = False) -> Path | None:
         self._report(phase="saving")
         self.state.freeze = self.policy.state_dict()
         path = self.ckpt.save(
             self.acc,
             step=self.state.step,
-            trainer_state=asdict(self.state),
+            trainer_state={**asdict(self.state), "run": self.identity.to_dict()},
             metric=self.state.best_metric,
             is_best=is_best,
         )
         self.last_saved_step = self.state.step
+        if path is None:  # not every rank's part was visible: nothing committed (logged)
+            self._report(phase="training")
+            return None
         if self.metrics:
             self.metrics.on_checkpoint()
         self._report(
@@ -992,6 +1026,22 @@ class Trainer:
         for y in split.labels:
             counts[y] = counts.get(y, 0) + 1
         return max(counts.values()) / len(split.labels)
+
+
+_SHAPE_MISMATCH = (
+    "size mismatch",
+    "Missing key(s)",
+    "Unexpected key(s)",
+    "doesn't match the size of optimizer's group",
+    "parameter group that doesn't match",
+)
+
+
+def _is_shape_mismatch(exc: BaseException) -> bool:
+    """Whether loading a checkpoint failed because it belongs to another network (as
+    opposed to an I/O error, which a retry may fix)."""
+    text = str(exc)
+    return any(marker in text for marker in _SHAPE_MISMATCH)
 
 
 def _brief(results: dict[str, Any]) -> str:
