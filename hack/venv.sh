@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Creates (once) the project's virtual environment outside the repository and prints its path.
 #
-# The venv lives in $KUBEGRAFT_CACHE/venv-<hash of pyproject.toml> (default ~/.cache/kubegraft),
-# so a change to the dependencies makes a new one and an unchanged project reuses it at no cost.
-# uv installs everything (the package editable with its operator, trainer and assets extras,
-# the dev group, then deepspeed without build isolation, as its setup.py imports torch); uv's
-# own cache (~/.cache/uv) makes even a new venv quick once the wheels were downloaded.
-# The editable install points at the checkout that created the venv; hack/test.sh and
-# hack/in-env.sh put the calling checkout first on PYTHONPATH, so every checkout runs its own code
-# (tests/unit/test_layering.py checks it).
+# Every dependency is pinned by uv.lock (`uv lock` after a change to pyproject.toml; an upgrade
+# is a deliberate `uv lock --upgrade[-package X]` commit that reruns the whole suite, and
+# tests/unit/test_lockfile.py fails while pyproject.toml and the lock disagree).
+# The venv lives in $KUBEGRAFT_CACHE/venv-<hash of pyproject.toml and uv.lock> (default
+# ~/.cache/kubegraft), so a change to either makes a new one and an unchanged project reuses it
+# at no cost. uv installs exactly the locked versions, hash-checked (`uv export --frozen` of the
+# operator, trainer, deepspeed and assets extras and the dev group), then the package itself
+# editable, then the locked deepspeed sdist without build isolation, as its setup.py imports
+# torch; uv's own cache (~/.cache/uv) makes even a new venv quick once the wheels were
+# downloaded. The editable install points at the checkout that created the venv; hack/test.sh
+# and hack/in-env.sh put the calling checkout first on PYTHONPATH, so every checkout runs its
+# own code (tests/unit/test_layering.py checks it).
 # Progress goes to stderr; the last stdout line is the venv path.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KUBEGRAFT_CACHE:-$HOME/.cache/kubegraft}
-hash=$(sha256sum "$root/pyproject.toml" | cut -c1-12)
+hash=$(cat "$root/pyproject.toml" "$root/uv.lock" | sha256sum | cut -c1-12)
 venv="$cache/venv-$hash"
 stamp="$venv/.kubegraft-complete"
 log() { printf '[venv %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -44,26 +48,23 @@ python=${python:-3.11}
 log "creating $venv (Python $python)"
 "$uv" venv --quiet --clear --python "$python" "$venv" >&2
 export VIRTUAL_ENV="$venv"
-dev=$("$venv/bin/python" - "$root/pyproject.toml" <<'PY'
+extras=(--extra operator --extra trainer --extra deepspeed --extra assets)
+log "installing the locked dependencies of kubegraft[operator,trainer,deepspeed,assets] and the dev group (cold: several minutes)"
+"$uv" export --quiet --frozen --project "$root" --format requirements-txt "${extras[@]}" \
+  --group dev --no-emit-project --no-emit-package deepspeed -o "$venv/requirements.txt" >&2
+"$uv" pip install --require-hashes -r "$venv/requirements.txt" >&2
+"$uv" pip install --no-deps -e "$root" >&2
+# deepspeed's sdist, at the locked version and hash (its dependencies came with the rest).
+"$venv/bin/python" - "$root/uv.lock" "$venv/deepspeed.txt" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
-    print("\n".join(tomllib.load(f).get("dependency-groups", {}).get("dev", [])))
+    pkg = next(p for p in tomllib.load(f)["package"] if p["name"] == "deepspeed")
+with open(sys.argv[2], "w") as out:
+    out.write(f"deepspeed=={pkg['version']} --hash={pkg['sdist']['hash']}\n")
 PY
-)
-mapfile -t dev_pkgs <<<"$dev"
-log "installing kubegraft[operator,trainer,assets] and the dev group (cold: several minutes)"
-"$uv" pip install -e "$root[operator,trainer,assets]" "${dev_pkgs[@]}" setuptools wheel >&2
-deepspeed=$("$venv/bin/python" - "$root/pyproject.toml" <<'PY'
-import sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    print(" ".join(tomllib.load(f)["project"]["optional-dependencies"].get("deepspeed", [])))
-PY
-)
-if [ -n "$deepspeed" ]; then
-  log "installing $deepspeed (DS_BUILD_OPS=0, no build isolation)"
-  # shellcheck disable=SC2086
-  DS_BUILD_OPS=0 "$uv" pip install --no-build-isolation $deepspeed >&2
-fi
+log "installing $(cut -d' ' -f1 "$venv/deepspeed.txt") (DS_BUILD_OPS=0, no build isolation)"
+DS_BUILD_OPS=0 "$uv" pip install --no-build-isolation --no-deps --require-hashes \
+  -r "$venv/deepspeed.txt" >&2
 touch "$stamp"
 log "venv ready"
 echo "$venv"

@@ -97,6 +97,24 @@ KubeObject = Annotated[
     dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 ]
 
+# A core/v1 Volume, free-form but for hostPath, which is declared so that a CEL rule can see it
+# (the API server's CEL cannot read fields that are only preserved as unknown).
+Volume = Annotated[
+    dict[str, Any],
+    Field(
+        json_schema_extra={
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {
+                "hostPath": {
+                    "type": "object",
+                    "description": "Not allowed: reach node storage through a PersistentVolume.",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                }
+            },
+        }
+    ),
+]
+
 # Bounded strings for list items and names: the API server's CEL cost estimator needs a bound
 # on every string and list a rule may touch, and unbounded input has no business here anyway.
 ShortStr = Annotated[str, Field(min_length=1, max_length=253)]
@@ -105,6 +123,15 @@ PatternStr = Annotated[str, Field(min_length=1, max_length=512)]
 
 
 # --------------------------------------------------------------------------------------- model
+
+LOCAL_URI_PREFIXES = ("/", "file:///", "file://localhost/", "pkg://")
+"""How a data set (and a local checkpoint) may be named: an absolute path, a local file:// URI
+or a package resource. Pods have no meaningful working directory, so relative paths are refused
+at admission; ``kubegraft run`` makes a manifest's relative paths absolute before it validates."""
+
+
+def _cel_starts_with_any(expr: str, prefixes: tuple[str, ...]) -> str:
+    return " || ".join(f"{expr}.startsWith('{p}')" for p in prefixes)
 
 
 class Task(StrEnum):
@@ -187,6 +214,41 @@ class ModelSpec(ApiModel):
             ".tokenSecretRef",
             lambda m: m.token_secret_ref is None or m.checkpoint.startswith("hf://"),
         ),
+        Rule(
+            _cel_starts_with_any("self.checkpoint", (*LOCAL_URI_PREFIXES, "hf://")),
+            "checkpoint must be an absolute path, file:///<path>, pkg://<python_package>/<path> "
+            "or hf://<org>/<name> (pods have no working directory; `kubegraft run` resolves "
+            "relative paths against the manifest)",
+            ".checkpoint",
+            lambda m: m.checkpoint.startswith((*LOCAL_URI_PREFIXES, "hf://")),
+        ),
+        Rule(
+            "!has(self.format) || self.format != 'state-dict' "
+            "|| self.task == 'image-classification'",
+            "format state-dict is only for task image-classification (a CNN state dict); text "
+            "tasks need a Hugging Face checkpoint (format huggingface or auto)",
+            ".format",
+            lambda m: (
+                m.format != CheckpointFormat.STATE_DICT or m.task == Task.IMAGE_CLASSIFICATION
+            ),
+        ),
+        Rule(
+            "self.task != 'image-classification' || !has(self.format) "
+            "|| self.format != 'huggingface'",
+            "format huggingface is not supported with task image-classification: it needs a CNN "
+            "state-dict checkpoint (format state-dict or auto, with an architecture)",
+            ".format",
+            lambda m: (
+                m.task != Task.IMAGE_CLASSIFICATION or m.format != CheckpointFormat.HUGGINGFACE
+            ),
+        ),
+        Rule(
+            "self.task != 'image-classification' || !self.checkpoint.startsWith('hf://')",
+            "an hf:// checkpoint is a Hugging Face repository, and task image-classification "
+            "needs a CNN state-dict checkpoint (a path or pkg://)",
+            ".checkpoint",
+            lambda m: m.task != Task.IMAGE_CLASSIFICATION or not m.checkpoint.startswith("hf://"),
+        ),
     )
 
     checkpoint: str = Field(min_length=1, max_length=2048)
@@ -226,6 +288,17 @@ class DataFormat(StrEnum):
 
 class DataSource(ApiModel):
     """One data set location and its format."""
+
+    cel_rules = (
+        Rule(
+            _cel_starts_with_any("self.uri", LOCAL_URI_PREFIXES),
+            "uri must be an absolute path, file:///<path> or pkg://<python_package>/<path> "
+            "(pods have no working directory; `kubegraft run` resolves relative paths against "
+            "the manifest)",
+            ".uri",
+            lambda d: d.uri.startswith(LOCAL_URI_PREFIXES),
+        ),
+    )
 
     uri: str = Field(min_length=1, max_length=2048)
     """Path (on a mounted volume) or `pkg://<python_package>/<path>` of the data. jsonl and csv
@@ -543,11 +616,11 @@ class TrainingSpec(ApiModel):
 
 
 class Strategy(StrEnum):
-    """How the model is spread over processes."""
+    """How the model is spread over processes. (FSDP is not offered: Accelerate applies its FSDP
+    plugin on GPUs only and falls back to DDP on CPU, so it cannot be tested here yet.)"""
 
     DDP = "ddp"
     DEEPSPEED = "deepspeed"
-    FSDP = "fsdp"
 
 
 class DeepSpeedSpec(ApiModel):
@@ -614,7 +687,8 @@ class DistributedSpec(ApiModel):
     gpus_per_node: int | None = Field(default=None, ge=0, le=64)
     """nvidia.com/gpu requested per pod; defaults to procsPerNode (0 for a CPU-only run)."""
     strategy: Strategy = Strategy.DDP
-    """ddp, deepspeed (ZeRO) or fsdp."""
+    """ddp (every process holds the whole model) or deepspeed (ZeRO shards optimizer state,
+    gradients and, at stage 3, parameters)."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend; auto picks nccl on GPUs and gloo on CPUs."""
     deepspeed: DeepSpeedSpec | None = None
@@ -628,6 +702,17 @@ class DistributedSpec(ApiModel):
 
 class PodSpecOverrides(ApiModel):
     """Settings passed to every worker pod."""
+
+    cel_rules = (
+        Rule(
+            "!has(self.volumes) || self.volumes.all(v, !has(v.hostPath))",
+            "volumes must not be hostPath volumes: a FineTuneJob is no way around the cluster's "
+            "pod-creation rules; reach node storage through a PersistentVolume and "
+            "output.persistentVolumeClaim or a volume of type persistentVolumeClaim",
+            ".volumes",
+            lambda p: all("hostPath" not in v for v in p.volumes),
+        ),
+    )
 
     image: str = Field(
         default="ghcr.io/kubegraft/trainer:0.1.0",
@@ -655,8 +740,8 @@ class PodSpecOverrides(ApiModel):
     """Scheduler for the pods (e.g. volcano, or a gang scheduler)."""
     service_account_name: str | None = Field(default=None, max_length=253)
     """ServiceAccount the pods run as."""
-    volumes: list[KubeObject] = Field(default_factory=list, max_length=64)
-    """Extra volumes (core/v1 Volume)."""
+    volumes: list[Volume] = Field(default_factory=list, max_length=64)
+    """Extra volumes (core/v1 Volume); hostPath volumes are refused (use a PersistentVolume)."""
     volume_mounts: list[KubeObject] = Field(default_factory=list, max_length=64)
     """Extra volume mounts in the trainer container (core/v1 VolumeMount)."""
     env: list[KubeObject] = Field(default_factory=list, max_length=256)
@@ -782,6 +867,17 @@ def _text_task_data_ok(spec: FineTuneJobSpec) -> bool:
     return spec.dataset.train.format != DataFormat.IMAGE_FOLDER
 
 
+def _unfreezing_strategy_ok(spec: FineTuneJobSpec) -> bool:
+    return spec.freeze.gradual_unfreezing is None or spec.distributed.strategy != Strategy.DEEPSPEED
+
+
+def _fp16_devices_ok(spec: FineTuneJobSpec) -> bool:
+    d = spec.distributed
+    if spec.training.precision != Precision.FP16:
+        return True
+    return d.gpus_per_node != 0 and d.backend != "gloo"
+
+
 def _text_task_validation_ok(spec: FineTuneJobSpec) -> bool:
     if spec.model.task == Task.IMAGE_CLASSIFICATION or spec.dataset.validation is None:
         return True
@@ -848,6 +944,24 @@ class FineTuneJobSpec(ApiModel):
             OUTPUT_DURABILITY_MESSAGE,
             ".output.persistentVolumeClaim",
             _output_durable_ok,
+        ),
+        Rule(
+            "!has(self.freeze) || !has(self.freeze.gradualUnfreezing) || !has(self.distributed) "
+            "|| !has(self.distributed.strategy) || self.distributed.strategy != 'deepspeed'",
+            "freeze.gradualUnfreezing is not supported with distributed.strategy deepspeed (ZeRO "
+            "partitions the trainable parameters once, at start); use strategy ddp",
+            ".freeze.gradualUnfreezing",
+            _unfreezing_strategy_ok,
+        ),
+        Rule(
+            "!has(self.training) || !has(self.training.precision) "
+            "|| self.training.precision != 'fp16' || !has(self.distributed) "
+            "|| ((!has(self.distributed.gpusPerNode) || self.distributed.gpusPerNode > 0) "
+            "&& (!has(self.distributed.backend) || self.distributed.backend != 'gloo'))",
+            "training.precision fp16 needs GPUs (loss-scaled mixed precision runs on CUDA only), "
+            "so not with distributed.gpusPerNode 0 or backend gloo; use bf16 or fp32 on CPU",
+            ".training.precision",
+            _fp16_devices_ok,
         ),
         *(_immutable(f) for f in IMMUTABLE_SPEC_FIELDS),
     )

@@ -173,37 +173,6 @@ def localize(
     return doc
 
 
-def validation_messages(exc: ValidationError) -> list[str]:
-    """One ``field: problem`` line per error, fields as on the wire (a broken cross-field rule
-    names its own field, as ``kubegraft validate`` does)."""
-    return describe(exc)
-
-
-def cross_field_problems(job: FineTuneJob) -> list[str]:
-    """The CEL rules the API server would enforce, for manifests that never see one."""
-    s = job.spec
-    problems = []
-    if (s.training.epochs is None) == (s.training.max_steps is None):
-        problems.append("spec.training: set exactly one of epochs and maxSteps")
-    if s.training.warmup_steps is not None and s.training.warmup_ratio is not None:
-        problems.append("spec.training: set at most one of warmupSteps and warmupRatio")
-    d = s.dataset
-    if d.include_labels is not None and d.exclude_labels is not None:
-        problems.append("spec.dataset: set at most one of includeLabels and excludeLabels")
-    if d.validation is None and d.validation_split is None and not d.eval_sets:
-        problems.append(
-            "spec.dataset: give a validation set, a validationSplit or at least one evalSet"
-        )
-    if s.distributed.deepspeed is not None and s.distributed.strategy.value != "deepspeed":
-        problems.append("spec.distributed.deepspeed: only allowed with strategy deepspeed")
-    f = s.freeze
-    if (f.preset.value == "top-k") != (f.top_k is not None):
-        problems.append("spec.freeze.topK: required with preset top-k and only allowed with it")
-    if s.model.format.value == "state-dict" and not s.model.architecture:
-        problems.append("spec.model.architecture: required when format is state-dict")
-    return problems
-
-
 def load_manifest(
     path: Path, overrides: list[str], **local: Any
 ) -> tuple[FineTuneJob, dict[str, Any]]:
@@ -222,10 +191,9 @@ def load_manifest(
     try:
         job = FineTuneJob.model_validate(doc)
     except ValidationError as exc:
-        raise ManifestError("\n".join(validation_messages(exc))) from exc
-    problems = cross_field_problems(job)
-    if problems:
-        raise ManifestError("\n".join(problems))
+        # describe() expands broken cross-field rules per field: the model's validators are the
+        # same rules the API server enforces (kubegraft.api.rules), so nothing is checked twice.
+        raise ManifestError("\n".join(describe(exc))) from exc
     return job, doc
 
 

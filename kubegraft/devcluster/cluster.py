@@ -5,7 +5,10 @@ Called by ``kubegraft dev cluster up|down|status`` and by the session-scoped pyt
 Each step waits on a condition (an HTTP health endpoint, a Ready node, a ServiceAccount), never
 on a fixed sleep, and checks that every started process is still alive while it waits: a
 process that dies at start-up fails ``up`` at once with the tail of its log, and ``up`` then
-stops what it had started. Everything is recorded in ``<state>/state.json`` (pids included)
+stops what it had started. Commands that create objects (the Stage CRD and Stages, the nodes)
+are retried on transient errors (a CRD not yet served, a 429, a reset connection; see
+:func:`~kubegraft.devcluster.procs.is_transient`) within the same timeout, and every failure
+shows the command's stderr. Everything is recorded in ``<state>/state.json`` (pids included)
 as it starts, so ``down`` stops exactly those processes even after a crashed ``up``.
 """
 
@@ -83,9 +86,7 @@ class Cluster:
             argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(
-                proc.returncode, argv, output=proc.stdout, stderr=proc.stderr
-            )
+            raise procs.CommandError(proc.returncode, argv, output=proc.stdout, stderr=proc.stderr)
         return proc
 
     def kubectl_json(self, *args: str) -> Any:
@@ -190,24 +191,49 @@ class _Waiter:
                     f"last lines of {record.log}:\n{procs.tail(record.log)}"
                 )
 
+    def _timed_out(self, what: str, timeout: float, last: BaseException | None) -> ClusterError:
+        logs = "\n".join(
+            f"--- {p.name} ({p.log}):\n{procs.tail(p.log, 15)}" for p in self.cluster.processes
+        )
+        cause = f"; last error: {last}" if last is not None else ""
+        return ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{cause}\n{logs}")
+
     def until(self, what: str, condition: Callable[[], bool], timeout: float) -> None:
+        """Poll ``condition`` until it is true; errors while polling count as "not yet" (the
+        last one is reported if the time runs out)."""
         deadline = time.monotonic() + timeout
         delay = 0.05
+        last: BaseException | None = None
         while True:
             self.check_processes()
             try:
                 if condition():
                     return
-            except (OSError, subprocess.SubprocessError, ValueError, KeyError):
-                pass
+            except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+                last = exc
             if time.monotonic() > deadline:
-                logs = "\n".join(
-                    f"--- {p.name} ({p.log}):\n{procs.tail(p.log, 15)}"
-                    for p in self.cluster.processes
-                )
-                raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+                raise self._timed_out(what, timeout, last)
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
+
+    def retry(self, what: str, action: Callable[[], object], timeout: float) -> None:
+        """Run ``action`` until it succeeds, retrying transient failures
+        (:func:`procs.error_is_transient`) within ``timeout``; any other failure is raised at
+        once, and so is the last transient one when the time runs out, stderr included."""
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            self.check_processes()
+            try:
+                action()
+                return
+            except (OSError, subprocess.SubprocessError) as exc:
+                if not procs.error_is_transient(exc):
+                    raise ClusterError(f"{what} failed: {exc}") from exc
+                if time.monotonic() > deadline:
+                    raise self._timed_out(what, timeout, exc) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def _https_ok(url: str, context: ssl.SSLContext) -> bool:
@@ -383,13 +409,25 @@ def _bring_up(cluster: Cluster, pki: Pki, nodes: int, gpus: int, log: Log, timeo
     # kwok reads Stages from the API (--enable-crds=Stage): install the CRD and Stages first.
     log("installing kwok's Stage CRD and Stages")
     kustomize = b / "kwok-kustomize"
-    cluster.kubectl("apply", "-f", str(kustomize / manifests.STAGE_CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/stages.kwok.x-k8s.io"
+    crd = str(kustomize / manifests.STAGE_CRD_FILE)
+    wait.retry("applying kwok's Stage CRD", lambda: cluster.kubectl("apply", "-f", crd), timeout)
+    # Short waits in a loop: a busy server may not serve the new CRD at once ("the server
+    # could not find the requested resource"), which a single long wait does not survive.
+    wait.retry(
+        "CRD stages.kwok.x-k8s.io Established",
+        lambda: cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=10s", "crd/stages.kwok.x-k8s.io"
+        ),
+        timeout,
     )
     for rel in manifests.STOCK_STAGE_FILES:
-        cluster.kubectl("apply", "-f", str(kustomize / rel))
-    cluster.apply(manifests.outcome_stages())
+        stage = str(kustomize / rel)
+        wait.retry(
+            f"applying {rel}", functools.partial(cluster.kubectl, "apply", "-f", stage), timeout
+        )
+    wait.retry(
+        "applying the outcome Stages", lambda: cluster.apply(manifests.outcome_stages()), timeout
+    )
 
     _start(cluster, "kwok", [
         str(b / "kwok"), f"--kubeconfig={kc}", "--manage-all-nodes=false",
@@ -406,7 +444,8 @@ def _bring_up(cluster: Cluster, pki: Pki, nodes: int, gpus: int, log: Log, timeo
 
     names = [f"gpu-node-{i}" for i in range(nodes)]
     log(f"creating {nodes} fake GPU nodes x {gpus} nvidia.com/gpu")
-    cluster.apply([manifests.fake_gpu_node(n, gpus=gpus) for n in names])
+    fake_nodes = [manifests.fake_gpu_node(n, gpus=gpus) for n in names]
+    wait.retry("creating the fake GPU nodes", lambda: cluster.apply(fake_nodes), timeout)
     wait.until("fake GPU nodes Ready", lambda: _nodes_ready(cluster, names, gpus), timeout)
     # The controller-manager is serving once it has made the default namespace's ServiceAccount.
     wait.until("ServiceAccount default/default", lambda: _has_default_sa(cluster), timeout)

@@ -1,5 +1,9 @@
 """Start and stop the control plane's processes by pid, and tell what went wrong.
 
+A failed command raises :class:`CommandError`, whose text carries the command's stderr (a bare
+``CalledProcessError`` prints only the exit status, which hid why a start-up failed);
+:func:`is_transient` tells a hiccup of a busy API server worth retrying from a real error.
+
 Each process runs in its own session (so Ctrl-C in the terminal that ran ``up`` does not kill
 it, and it outlives the ``up`` command), logs to ``<state>/logs/<name>.log``, and is recorded as
 pid + kernel start time: ``down`` only signals a pid whose start time still matches, so a
@@ -18,6 +22,71 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+TRANSIENT_ERRORS = (
+    "the server could not find the requested resource",  # a new CRD not served yet
+    "no matches for kind",  # discovery has not caught up with a new CRD
+    "ensure crds are installed first",
+    "(notfound)",  # an object just created, not yet in the cache that answers
+    "not found",
+    "timed out waiting for the condition",  # a short kubectl wait within a longer budget
+    "too many requests",  # 429: API priority and fairness under load
+    "(toomanyrequests)",
+    "429",
+    "the server is currently unable to handle the request",  # 503 while starting
+    "(serviceunavailable)",
+    "connection refused",
+    "unable to connect to the server",
+    "connection reset",
+    "broken pipe",
+    "unexpected eof",
+    "tls handshake timeout",
+    "i/o timeout",
+    "context deadline exceeded",
+    "etcdserver: request timed out",
+    "etcdserver: leader changed",
+    "the object has been modified",  # a conflict: re-applying resolves it
+)
+"""Lower-case fragments of errors that a retry can cure during start-up: an API server that is
+up but busy, still starting, or whose discovery and caches lag a just-created object. Start-up
+creates every object it waits on, so "not found" right after creating it is lag too."""
+
+
+def is_transient(text: str) -> bool:
+    """Whether an error text (a command's stderr, an exception's message) names a transient
+    condition from :data:`TRANSIENT_ERRORS`."""
+    lowered = text.lower()
+    return any(fragment in lowered for fragment in TRANSIENT_ERRORS)
+
+
+def error_is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth a retry: a transient command failure, a command that timed out,
+    or a dropped connection."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        return is_transient(f"{exc.stderr or ''}\n{exc.output or ''}")
+    if isinstance(exc, subprocess.TimeoutExpired | ConnectionError | TimeoutError):
+        return True
+    return is_transient(str(exc))
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A command that exited non-zero; its text includes the command's stderr (or stdout)."""
+
+    def __str__(self) -> str:
+        argv = self.cmd if isinstance(self.cmd, str) else " ".join(str(a) for a in self.cmd)
+        text = f"`{argv}` exited with {self.returncode}"
+        detail = _text(self.stderr).strip() or _text(self.output).strip()
+        if detail:
+            lines = detail.splitlines()
+            shown = "\n".join(lines[-30:])
+            text += f":\n{shown}" if len(lines) > 1 else f": {shown}"
+        return text
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)

@@ -157,24 +157,6 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def validate_spec(spec: FineTuneJobSpec) -> None:
-    """Cross-field rules the CRD enforces with CEL, checked again for local runs."""
-    t = spec.training
-    if (t.epochs is None) == (t.max_steps is None):
-        raise ConfigError("set exactly one of epochs and maxSteps", field="spec.training")
-    if t.warmup_steps is not None and t.warmup_ratio is not None:
-        raise ConfigError("set at most one of warmupSteps and warmupRatio", field="spec.training")
-    if (
-        spec.distributed.strategy == Strategy.DEEPSPEED
-        and spec.freeze.gradual_unfreezing is not None
-    ):
-        raise ConfigError(
-            "gradual unfreezing is not supported with strategy deepspeed (ZeRO partitions the "
-            "trainable parameters once, at start); use strategy ddp",
-            field="spec.freeze.gradualUnfreezing",
-        )
-
-
 @dataclass
 class LoopState:
     """The loop's position and bookkeeping; saved as trainer_state.json in every checkpoint."""
@@ -220,25 +202,17 @@ def make_accelerator(spec: FineTuneJobSpec) -> Any:
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
             hf_ds_config=build_deepspeed_config(spec, world_size=world)
         )
-    elif d.strategy == Strategy.FSDP:
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "strategy fsdp needs GPUs; use ddp or deepspeed on CPU",
-                field="spec.distributed.strategy",
-            )
-        from accelerate.utils import FullyShardedDataParallelPlugin
-
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            fsdp_version=2, state_dict_type="FULL_STATE_DICT", reshard_after_forward=True
-        )
     else:
         if not gpu:
             kwargs["cpu"] = True
         elif d.backend == "gloo":
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
     if not gpu and precision == "fp16":
+        # Admission refuses fp16 with gpusPerNode 0 or backend gloo; with gpusPerNode unset
+        # (one GPU per process) only this machine can tell that it has no CUDA device.
         raise ConfigError(
-            "fp16 mixed precision needs a GPU; use bf16 or fp32 on CPU",
+            "fp16 mixed precision needs a GPU and this machine has no CUDA device; use bf16 or "
+            "fp32 on CPU",
             field="spec.training.precision",
         )
     return Accelerator(kwargs_handlers=handlers, **kwargs)
@@ -258,7 +232,6 @@ class Trainer:
         preemption: PreemptionFlag | None = None,
         job_uid: str | None = None,
     ) -> None:
-        validate_spec(spec)
         self.spec = spec
         self.job_name = job_name
         self.job_uid = job_uid

@@ -185,6 +185,8 @@ def load_model(spec: FineTuneJobSpec, *, num_labels: int | None) -> ModelBundle:
     mspec = spec.model
     labels = _num_labels(mspec, num_labels)
     source, fmt, architecture = _locate(mspec)
+    # An explicit format that does not fit the task is refused at admission (ModelSpec's
+    # rules); these two checks are for format auto, which only the files on disk decide.
     if fmt == CheckpointFormat.HUGGINGFACE:
         if mspec.task == Task.IMAGE_CLASSIFICATION:
             raise ConfigError(
@@ -248,11 +250,7 @@ def _num_labels(mspec: ModelSpec, num_labels: int | None) -> int | None:
 def _locate(mspec: ModelSpec) -> tuple[Path, CheckpointFormat, str | None]:
     """Where the checkpoint is locally, its format and (state dicts) its architecture."""
     if is_hub_uri(mspec.checkpoint):
-        if mspec.format == CheckpointFormat.STATE_DICT:
-            raise ConfigError(
-                "hf:// checkpoints are Hugging Face repositories, not state dicts",
-                field="spec.model.format",
-            )
+        # (format state-dict with hf:// is refused at admission: ModelSpec's rules)
         return _download_from_hub(mspec), CheckpointFormat.HUGGINGFACE, None
     path = resolve_uri(mspec.checkpoint, field=CHECKPOINT_FIELD)
     architecture = mspec.architecture
