@@ -14,8 +14,7 @@ import logging
 import signal
 from types import FrameType
 
-import torch
-import torch.distributed as dist
+from kubegraft_trainer.collectives import any_rank
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +42,4 @@ class PreemptionFlag:
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop (collective when distributed)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return self.requested
-        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_rank(self.requested)
