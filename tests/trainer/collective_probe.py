@@ -48,6 +48,82 @@ ENV_MODE = "KUBEGRAFT_PROBE_DEVICE"
 ENV_REPORT = "KUBEGRAFT_PROBE_REPORT"
 
 
+CLASSIFICATION_SITES = {
+    "loop.run",
+    "evaluation.evaluate",
+    "feature_cache.compute_features",
+    "signals.agreed",
+}
+CAUSAL_LM_SITES = {"loop.run", "loop._evaluate_lm", "signals.agreed"}
+
+
+def classification_spec(tmp: Path) -> dict[str, Any]:
+    """A few steps of head-only simple_cnn on digits: logged loss, evaluation, feature cache."""
+    from trainer_helpers import write_digits, write_simple_cnn_init
+
+    digits = write_digits(tmp / "digits")
+    init = write_simple_cnn_init(tmp / "init.safetensors", seed=1)
+    return {
+        "model": {
+            "checkpoint": str(init),
+            "task": "image-classification",
+            "format": "state-dict",
+            "architecture": "simple_cnn",
+        },
+        "dataset": {
+            "train": {"uri": str(digits)},
+            "validationSplit": 0.2,
+            "maxSamples": 128,
+            "maxEvalSamples": 64,
+        },
+        # only the head trains: the frozen features are cached (an all-gather per table)
+        "freeze": {"preset": "feature-extraction"},
+        "training": {
+            "maxSteps": 4,
+            "perDeviceBatchSize": 16,
+            "logEverySteps": 1,
+            "evalEverySteps": 2,
+            "cacheFrozenFeatures": True,
+        },
+    }
+
+
+def causal_lm_spec(tmp: Path) -> dict[str, Any]:
+    """A few steps of a tiny GPT-2: logged loss and the causal-LM evaluation."""
+    from trainer_helpers import sentences, tiny_gpt2
+
+    return {
+        "model": {"checkpoint": str(tiny_gpt2(tmp / "gpt2")), "task": "causal-lm"},
+        "dataset": {
+            "train": {"uri": str(sentences(tmp / "text.jsonl", n=96))},
+            "validationSplit": 0.2,
+            "maxLength": 16,
+        },
+        "freeze": {"preset": "full"},
+        "training": {
+            "maxSteps": 4,
+            "perDeviceBatchSize": 8,
+            "logEverySteps": 1,
+            "evalEverySteps": 2,
+            "scheduler": "constant",
+        },
+    }
+
+
+def check_reports(reports: list[dict[str, Any]], *, sites: set[str], expected: str) -> None:
+    """Shared with the GPU tier: no violation, the right device, every path, the helpers."""
+    for r in reports:
+        assert r["violations"] == [], r["violations"]
+        assert r["exit_code"] == 0, r
+        assert r["expected"] == [expected], r["expected"]
+        calls = r["calls"]
+        assert {c["site"] for c in calls} >= sites, (sites, {c["site"] for c in calls})
+        for c in calls:
+            assert c["issuer"].startswith("collectives."), c  # no collective issued elsewhere
+            assert c["devices"], c
+            assert set(c["devices"]) == {expected}, c
+
+
 def probe_argv(argv: list[str]) -> list[str]:
     """A launch command (``kubegraft.launch.build_launch``) with this file in place of
     ``-m kubegraft_trainer``: everything else (node supervisor, torchrun flags) unchanged."""

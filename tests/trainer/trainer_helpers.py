@@ -129,6 +129,10 @@ def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["HF_HUB_OFFLINE"] = "1"
+    # DeepSpeed JIT-builds its CPU communication op into torch's extension cache; one cache per
+    # venv, or two venvs on one machine rebuild it in turn (minutes each, under a lock that
+    # every DeepSpeed run waits on).
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions"))
     env.update(extra or {})
     return env
 
