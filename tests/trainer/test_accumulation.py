@@ -105,7 +105,7 @@ def _load(path: Path) -> Any:
 def _optimizer_steps(ckpt: Path, deepspeed: bool) -> tuple[set[int], float]:
     """The optimizer-step counts recorded in a checkpoint, and its scheduler's learning rate."""
     if deepspeed:
-        states = [_load(p) for p in ckpt.rglob("mp_rank_00_model_states.pt")]
+        states = [_load(p) for p in ckpt.rglob("*mp_rank_00_model_states.pt")]
         assert states, f"no DeepSpeed model states under {ckpt}"
         counts = {int(s["global_steps"]) for s in states}
         counts |= _adam_steps([_load(p) for p in ckpt.rglob("*optim_states.pt")])
