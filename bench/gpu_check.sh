@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # One script for a GPU machine (sized for one NVIDIA H100, a few minutes): the gpu-marked
-# trainer tests (bf16 DDP over NCCL, DeepSpeed ZeRO-2/ZeRO-3 with a frozen prefix, gradient
-# checkpointing) and a throughput/MFU measurement.
+# trainer tests and a throughput/MFU measurement. The tests, in this order:
+# * tests/gpu/test_gpu_collectives.py: every collective the trainer issues (the logged loss,
+#   evaluation, causal-LM evaluation, the frozen-feature cache, the preemption flag; DDP and
+#   DeepSpeed ZeRO-2) carries CUDA tensors over NCCL. World size 1 through torchrun first: a
+#   one-GPU machine has a real NCCL process group and runs every collective, so it checks what
+#   a multi-GPU job needs; with more GPUs, again at one process per GPU.
+# * tests/gpu/test_gpu_training.py: bf16 DDP over NCCL, DeepSpeed ZeRO-2/ZeRO-3 with a frozen
+#   prefix, gradient checkpointing.
 #
 #   bench/gpu_check.sh                 # from the repository root
 #   PYTHON=/path/to/venv/bin/python bench/gpu_check.sh
@@ -38,6 +44,19 @@ set +e
     --basetemp "$OUT/pytest" --junitxml "$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.txt"
 TESTS_RC=${PIPESTATUS[0]}
 set -e
+echo "== collectives seen by the probe (site: op on devices, per rank)"
+"$PYTHON" - "$OUT/pytest" <<'PY' | tee "$OUT/collectives-summary.txt" || true
+import collections, json, pathlib, sys
+for report in sorted(pathlib.Path(sys.argv[1]).glob("*/report/rank-*.json")):
+    if "current" in report.parts[-3]:
+        continue  # pytest's *current links: no repeats
+    r = json.loads(report.read_text())
+    seen = collections.Counter((c["site"], c["op"], ",".join(sorted(set(c["devices"])))) for c in r["calls"])
+    print(report.parts[-3], f"rank {r['rank']} expected {r['expected']} exit {r['exit_code']}",
+          f"violations {len(r['violations'])}")
+    for (site, op, devices), n in sorted(seen.items()):
+        print(f"    {site}: {op} x{n} on {devices}")
+PY
 for m in "$OUT"/pytest/*/out/metrics.json; do
     case "$m" in */pytest/*current/*) continue ;; esac  # pytest's *current links: no repeats
     [ -f "$m" ] && "$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-3], {k: m.get(k) for k in ('strategy','processes','accuracy','chance_accuracy','samples_per_second','train_seconds','trainable_parameters','total_parameters')})" "$m"

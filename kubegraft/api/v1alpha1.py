@@ -575,7 +575,10 @@ class TrainingSpec(ApiModel):
     per_device_batch_size: int = Field(default=16, ge=1, le=65536)
     """Examples per process per micro-batch."""
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
-    """Micro-batches accumulated per optimizer step."""
+    """Micro-batches accumulated per optimizer step: the optimizer and the learning-rate
+    schedule step once per this many micro-batches (DDP and DeepSpeed alike), so a step trains
+    on perDeviceBatchSize x this x processes examples. An epoch shorter than this many
+    micro-batches per process is one smaller step (DDP only)."""
     learning_rate: float = Field(default=5e-5, gt=0.0, le=10.0)
     """Peak learning rate (of the head, with layer-wise decay)."""
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)

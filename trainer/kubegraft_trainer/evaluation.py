@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
+
+from kubegraft_trainer.collectives import gather_all
 
 LOWER_IS_BETTER = frozenset({"loss"})
 
@@ -77,15 +78,6 @@ def is_improvement(metric: str, value: float, best: float | None, min_delta: flo
     if metric in LOWER_IS_BETTER:
         return value < best - min_delta
     return value > best + min_delta
-
-
-def gather_all(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` (same shape on every rank) from all processes, in rank order."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
 
 
 @torch.no_grad()

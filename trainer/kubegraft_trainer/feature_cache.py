@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kubegraft_trainer.blocks import HEAD, part_of
+from kubegraft_trainer.collectives import gather_all
 from kubegraft_trainer.data import ResumableDistributedSampler
-from kubegraft_trainer.evaluation import gather_all
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ things, and why:
    (:mod:`~kubegraft_trainer.feature_cache`) and the head trains on them.
 5. Each optimizer step: stage update (gradual unfreezing; DDP is re-wrapped because its
    reducer is built for the parameters that required grad when it was made), micro-batches
-   with ``no_sync`` except the last, clipping, step; then logging, preemption check,
+   with the accumulation boundary on the last only (DDP's ``no_sync`` before it, DeepSpeed's
+   engine steps on it), clipping, step; then logging, preemption check,
    evaluation, checkpoint. The data position (epoch, micro-batches done) is saved with each
    checkpoint so a resumed run continues with exactly the next batch.
 6. At the end: final evaluation, export (``<output>/model``) and ``<output>/metrics.json``.
@@ -50,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from kubegraft.api.v1alpha1 import FineTuneJobSpec, Precision, SchedulerKind, Strategy, Task
 from kubegraft.progress import ProgressPublisher, ProgressReport, sinks_from_env, write_atomically
 from kubegraft_trainer.checkpointing import CheckpointManager, read_best, read_trainer_state
+from kubegraft_trainer.collectives import gather_all
 from kubegraft_trainer.data import (
     IGNORE_INDEX,
     PreparedData,
@@ -59,12 +61,7 @@ from kubegraft_trainer.data import (
 )
 from kubegraft_trainer.deepspeed_config import build_deepspeed_config
 from kubegraft_trainer.errors import ConfigError
-from kubegraft_trainer.evaluation import (
-    classification_metrics,
-    evaluate,
-    gather_all,
-    is_improvement,
-)
+from kubegraft_trainer.evaluation import classification_metrics, evaluate, is_improvement
 from kubegraft_trainer.feature_cache import (
     MODEL_INPUTS,
     FeatureDataset,
@@ -193,7 +190,13 @@ def make_accelerator(spec: FineTuneJobSpec) -> Any:
     gpu = torch.cuda.is_available() and d.backend != "gloo"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     handlers: list[Any] = []
-    kwargs: dict[str, Any] = {"step_scheduler_with_optimizer": False, "mixed_precision": precision}
+    kwargs: dict[str, Any] = {
+        "step_scheduler_with_optimizer": False,
+        "mixed_precision": precision,
+        # the same number DeepSpeed's config carries (Accelerate warns when the two differ);
+        # the loop sets the accumulation boundary itself (Trainer._optimizer_step)
+        "gradient_accumulation_steps": spec.training.gradient_accumulation_steps,
+    }
     if d.strategy == Strategy.DEEPSPEED:
         if world > 1 and not torch.cuda.is_available():
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
@@ -605,30 +608,48 @@ class Trainer:
         return nn.functional.cross_entropy(logits.float(), batch["labels"])
 
     def _optimizer_step(self, micro: list[dict[str, torch.Tensor]]) -> float:
+        """One optimizer step over the micro-batches of one accumulation window.
+
+        A window is ``gradientAccumulationSteps`` micro-batches, fewer only when an epoch has
+        fewer micro-batches than that (DDP; ``micro_used``); its gradient is the mean of the
+        micro-batches' losses, as one batch of all of them would give.
+
+        The accumulation boundary is set explicitly for every micro-batch: Accelerate's
+        ``sync_gradients`` is False before the last micro-batch of the window and True on it.
+        Under DDP the earlier micro-batches run under ``no_sync`` (no all-reduce) and the
+        optimizer wrapper steps on the boundary only; under DeepSpeed Accelerate passes the flag
+        to the engine (``set_gradient_accumulation_boundary``) and calls ``engine.step()``,
+        which clips, steps the optimizer and the LR schedule, on the boundary only. (Left at
+        its default, True, every micro-batch was a boundary and ZeRO stepped the optimizer and
+        the schedule once per micro-batch.) Accelerate's ``accumulate()`` is not used: it
+        counts micro-batches itself and could not end a short window.
+        """
         t = self.spec.training
+        n = len(micro)
+        # Accelerate divides a DDP loss by its gradient_accumulation_steps and DeepSpeed's
+        # engine by the config's; both are training.gradientAccumulationSteps
+        # (make_accelerator, build_deepspeed_config). Rescaled so that a window of n
+        # micro-batches averages over n (a factor of exactly 1 for a full window).
+        rescale = self.acc.gradient_accumulation_steps / n
         total = 0.0
         for i, batch in enumerate(micro):
-            last = i == len(micro) - 1
-            if self.deepspeed:
-                # DeepSpeed scales by 1/gas, syncs at its boundary and steps inside backward.
+            boundary = i == n - 1
+            self.acc.sync_gradients = boundary
+            ctx: AbstractContextManager[Any] = (
+                nullcontext() if boundary else self.acc.no_sync(self.wrapped)
+            )
+            with ctx:
                 loss = self._loss(batch)
-                self.acc.backward(loss)
-            else:
-                ctx: AbstractContextManager[Any] = (
-                    nullcontext() if last else self.acc.no_sync(self.wrapped)
-                )
-                with ctx:
-                    loss = self._loss(batch)
-                    self.acc.backward(loss / len(micro))
+                self.acc.backward(loss * rescale)
             total += float(loss.detach())
         if not self.deepspeed:
             if t.max_grad_norm is not None:
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 self.acc.clip_grad_norm_(params, t.max_grad_norm)
             self.optimizer.step()
-        self.scheduler.step()
+        self.scheduler.step()  # under DeepSpeed a no-op: the engine stepped it on the boundary
         self.optimizer.zero_grad(set_to_none=True)
-        return total / len(micro)
+        return total / n
 
     def _evaluate(self) -> dict[str, Any]:
         self._report(phase="evaluating")

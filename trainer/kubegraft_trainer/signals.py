@@ -25,8 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-import torch
-import torch.distributed as dist
+from kubegraft_trainer.collectives import any_rank
 
 from kubegraft.exitcodes import ExitCode
 
@@ -82,10 +81,4 @@ class PreemptionFlag:
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop (collective when distributed)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return self.requested
-        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_rank(self.requested)
