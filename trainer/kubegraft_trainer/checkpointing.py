@@ -161,14 +161,14 @@ def _fsync_tree(root: Path) -> None:
     _fsync_dir(root)
 
 
-def ranks_agreeing(accelerator: Any, ok: bool) -> int:
-    """Collective: how many ranks say ``ok`` (a sum over the process group, on its device)."""
+def ranks_agreeing(ok: bool) -> int:
+    """Collective: how many ranks say ``ok`` (through :mod:`kubegraft_trainer.collectives`,
+    so on the process group's device)."""
     import torch
 
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=accelerator.device)
-    if accelerator.num_processes == 1:
-        return int(flag.item())
-    return int(accelerator.reduce(flag, reduction="sum").item())
+    from kubegraft_trainer.collectives import gather_all
+
+    return int(gather_all(torch.tensor([1 if ok else 0], dtype=torch.int64)).sum().item())
 
 
 @dataclass
@@ -213,7 +213,7 @@ class CheckpointManager:
             _fsync_dir(tmp / PARTS_DIR)  # ... and only then says so
         except Exception as exc:
             failure = exc
-        written = ranks_agreeing(accelerator, failure is None)
+        written = ranks_agreeing(failure is None)
         if written < world:
             raise CheckpointError(
                 f"checkpoint {final.name}: {world - written} of {world} ranks could not write "
@@ -275,7 +275,7 @@ class CheckpointManager:
             broadcast_object_list(choice, from_process=0)
         path = self.root / choice[0] if choice[0] else None
         sees = path is None or is_complete(path)
-        agreeing = ranks_agreeing(accelerator, sees)
+        agreeing = ranks_agreeing(sees)
         if agreeing < accelerator.num_processes:
             raise CheckpointError(
                 f"rank 0 resumes from {path}, which {accelerator.num_processes - agreeing} "

@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from kubegraft_trainer.collectives import any_rank
-
 from kubegraft.exitcodes import ExitCode
+from kubegraft_trainer.collectives import any_rank
 
 log = logging.getLogger(__name__)
 
