@@ -62,7 +62,7 @@ def crd_template(source: str) -> str:
             raise ValueError("a CRD without `metadata:` followed by `  name:`")
         metadata = (
             f"metadata:\n  name: {match.group(1)}\n"
-            "  labels:\n    {{- include \"kubegraft.labels\" . | nindent 4 }}\n"
+            '  labels:\n    {{- include "kubegraft.labels" . | nindent 4 }}\n'
             "  {{- if .Values.crds.keep }}\n"
             "  annotations:\n    helm.sh/resource-policy: keep\n"
             "  {{- end }}\n"
@@ -169,7 +169,9 @@ def _type_of(value: Any, where: str) -> str:
         return "array"
     if isinstance(value, dict):
         return "object"
-    raise ValueError(f"{where}: cannot infer a type from {value!r}; add `# @schema {{\"type\": ...}}`")
+    raise ValueError(
+        f'{where}: cannot infer a type from {value!r}; add `# @schema {{"type": ...}}`'
+    )
 
 
 def _schema(
@@ -180,7 +182,9 @@ def _schema(
 ) -> dict[str, Any]:
     where = ".".join(path)
     desc, extra = comments.get(path, ("", {}))
-    recurse = isinstance(value, dict) and "additionalProperties" not in extra and "type" not in extra
+    recurse = (
+        isinstance(value, dict) and "additionalProperties" not in extra and "type" not in extra
+    )
     if recurse:
         props = {k: _schema(v, (*path, k), comments, table) for k, v in value.items()}
         schema: dict[str, Any] = {"type": "object"}
@@ -193,7 +197,9 @@ def _schema(
     kind = extra.get("type") or _type_of(value, where)
     schema = {"type": kind, "description": desc, **{k: v for k, v in extra.items() if k != "type"}}
     schema["default"] = value
-    table.append((where, kind if isinstance(kind, str) else "/".join(kind), json.dumps(value), desc))
+    table.append(
+        (where, kind if isinstance(kind, str) else "/".join(kind), json.dumps(value), desc)
+    )
     return schema
 
 

@@ -22,7 +22,8 @@ CHART = ROOT / "charts" / "kubegraft"
 
 def _chartgen() -> ModuleType:
     spec = importlib.util.spec_from_file_location("chartgen", ROOT / "hack" / "chartgen.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["chartgen"] = module
     spec.loader.exec_module(module)
@@ -109,14 +110,16 @@ def test_rbac_rules_are_least_privilege_and_scoped_right() -> None:
     cluster_scoped = {"nodes", "namespaces", "customresourcedefinitions", "clusterkopfpeerings"}
     for section, items in rules.items():
         for rule in items:
-            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            assert "*" not in rule["verbs"], rule
+            assert "*" not in rule["resources"], rule
             assert "secrets" not in rule["resources"], rule
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
             scoped = set(rule["resources"]) & cluster_scoped
             # a Role in a namespace cannot grant cluster-scoped resources
             assert bool(scoped) == (section != "namespaced"), (section, rule)
     pvc = [r for r in rules["namespaced"] if "persistentvolumeclaims" in r["resources"]]
-    assert pvc and pvc[0]["verbs"] == ["get"]
+    assert pvc
+    assert pvc[0]["verbs"] == ["get"]
 
 
 def test_rbac_manifest_grants_exactly_the_chart_rules() -> None:
