@@ -8,7 +8,8 @@
   ($KUBEGRAFT_PEERING_PRIORITY, or a random one), so exactly one (the highest) acts and the
   others wait; when it dies, its record expires after the peering lifetime
   ($KUBEGRAFT_PEERING_LIFETIME, default 60 s) and the next one takes over. Run with
-  ``--peering=kubegraft`` (manifests/operator/peering.yaml holds the CRDs and the object).
+  ``--peering=NAME`` (kopf's CRDs: manifests/operator/peering.yaml; the Helm chart creates the
+  peering object when ``replicaCount`` > 1).
 - Events: only the ones the state machine decides are posted (log lines are not).
 """
 

@@ -314,9 +314,9 @@ SA_NEEDS = [
     ("create", "pods"),
     ("delete", "pods"),
     ("watch", "pods"),
-    ("patch", "finetunejobs.kubegraft.io/status"),
+    ("patch", "finetunejobs.kubegraft.io --subresource=status"),
     ("patch", "finetunejobs.kubegraft.io"),
-    ("update", "finetunejobs.kubegraft.io/finalizers"),
+    ("update", "finetunejobs.kubegraft.io --subresource=finalizers"),
     ("create", "configmaps"),
     ("create", "services"),
     ("create", "serviceaccounts"),
@@ -330,6 +330,7 @@ SA_MUST_NOT = [
     ("list", "secrets"),
     ("create", "pods --subresource=exec"),
     ("update", "finetunejobs.kubegraft.io"),
+    ("update", "finetunejobs.kubegraft.io --subresource=status"),
     ("delete", "configmaps"),
     ("delete", "persistentvolumeclaims"),
     ("escalate", "roles"),
@@ -395,7 +396,7 @@ def test_namespaced_release_is_confined_to_its_namespaces(
             assert not _can_i(cluster, sa, verb, what, other), (verb, what, other)
             assert not _can_i(cluster, sa, verb, what, "*"), (verb, what, "all namespaces")
         assert _can_i(cluster, sa, "list", "nodes", "*")
-        assert not _can_i(cluster, sa, "list", "namespaces", "*")
+        assert not _can_i(cluster, sa, "create", "namespaces", "*")
         assert not _can_i(cluster, sa, "patch", "clusterkopfpeerings.kopf.dev", "*")
 
         args, env = _chart_operator_env(cluster, ns, "kgn-kubegraft")
