@@ -94,7 +94,7 @@ def test_status_logs_suspend_resume(
     one = graft(cluster, "status", "learn", "-n", namespace)
     assert one.returncode == 0, one.stderr
     assert f"{namespace}/learn: Running" in one.stdout
-    assert "] 45%  step 90/200" in one.stdout
+    assert "]  45%  step 90/200" in one.stdout
     eta = kube.status(namespace, "learn")["progress"]["eta"]
     assert f"eta       {eta}" in one.stdout
     assert "trainLoss=0.4213 accuracy=0.83 f1=0.8123" in one.stdout
