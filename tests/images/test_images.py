@@ -142,10 +142,13 @@ def test_operator_image_reconciles_a_job_with_the_chart_service_account(
     args.append(f"--liveness=http://127.0.0.1:{health}/healthz")
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env["KUBEGRAFT_OPERATOR_METRICS_PORT"] = str(metrics)
-    _inline_kubeconfig(cluster, release_ns, sa, tmp_path / "kubeconfig")
+    kube_dir = tmp_path / "kube"
+    kube_dir.mkdir()
+    kube_dir.chmod(0o755)  # pytest's tmp dirs are 0700; the container runs as UID 1000
+    _inline_kubeconfig(cluster, release_ns, sa, kube_dir / "kubeconfig")
     name = f"kubegraft-operator-test-{secrets.token_hex(3)}"
     flags = ["-d", "--name", name, "--network=host", "--read-only",
-             "-v", f"{tmp_path}:/kube:ro", "-e", "KUBECONFIG=/kube/kubeconfig"]  # fmt: skip
+             "-v", f"{kube_dir}:/kube:ro", "-e", "KUBECONFIG=/kube/kubeconfig"]  # fmt: skip
     for key, value in env.items():
         flags += ["-e", f"{key}={value}"]
     podman(*PODMAN_RUN, *flags, OPERATOR, *args)
