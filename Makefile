@@ -2,7 +2,7 @@
 # (~/.cache/kubegraft/venv-<hash of pyproject.toml>, made by hack/venv.sh) and, where a cluster
 # is involved, with binaries built once from the Go module proxy (hack/build-binaries.sh).
 
-.PHONY: test test-unit run-quickstart venv binaries cluster-up cluster-down cluster-status
+.PHONY: test test-unit images test-images chart run-quickstart venv binaries cluster-up cluster-down cluster-status
 
 ## test: the whole suite except GPU tests (lint, types, layering, every tier); CI runs this
 test:
@@ -11,6 +11,21 @@ test:
 ## test-unit: the fast tier only; starts nothing
 test-unit:
 	hack/test.sh unit
+
+## images: build the operator and trainer images with buildah (hack/build-images.sh; makes the
+## offline base image first where none can be pulled). TRAINER_VARIANT=cpu for CPU-only torch.
+TRAINER_VARIANT ?= cuda
+images:
+	hack/build-images.sh operator trainer --trainer-variant $(TRAINER_VARIANT)
+
+## test-images: build the images (with the examples' offline assets) and run them (pytest -m images)
+test-images:
+	KUBEGRAFT_IMAGE_ASSETS=1 hack/build-images.sh operator trainer --trainer-variant $(TRAINER_VARIANT)
+	hack/in-env.sh --binaries python -m pytest -m images tests/images
+
+## chart: regenerate the chart's CRD templates, values schema, README and manifests/rbac/
+chart:
+	hack/in-env.sh python hack/chartgen.py
 
 ## run-quickstart: fine-tune the quickstart example locally (CPU is enough)
 run-quickstart:

@@ -8,7 +8,8 @@
 #   3. ruff          ruff check .
 #   4. mypy          strict, on kubegraft, kubegraft_operator, kubegraft_trainer
 #   5. import-linter the layering contracts in .importlinter
-#   6. pytest        -m "not gpu": unit, integration, trainer and e2e; the integration and e2e
+#   6. pytest        -m "not gpu and not images" (images: `make test-images`): unit,
+#                    integration, trainer and e2e; the integration and e2e
 #                    tiers start the real local control plane once (session fixture)
 #
 # Every stage runs even if an earlier check failed, so one run shows every problem; the exit
@@ -81,6 +82,6 @@ stage "binaries (control plane, kubectl, helm)" setup_binaries || finish
 stage "ruff check" ruff check .
 stage "mypy (strict)" mypy -p kubegraft -p kubegraft_operator -p kubegraft_trainer
 stage "import-linter (layering)" lint-imports
-stage "pytest -m 'not gpu' (unit, integration, trainer, e2e)" \
-  run_pytest -m "not gpu" --timeout=1800 --durations=15 "$@"
+stage "pytest -m 'not gpu and not images' (unit, integration, trainer, e2e)" \
+  run_pytest -m "not gpu and not images" --timeout=1800 --durations=15 "$@"
 finish

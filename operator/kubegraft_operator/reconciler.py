@@ -79,7 +79,9 @@ def _job_from(raw: Mapping[str, Any]) -> FineTuneJob:
             "apiVersion": raw.get("apiVersion"),
             "kind": raw.get("kind"),
             "metadata": dict(raw.get("metadata") or {}),
-            "spec": raw.get("spec") or {},
+            "spec": settings.with_default_image(
+                dict(raw.get("spec") or {}), settings.trainer_image()
+            ),
             "status": FineTuneJobStatus.model_validate(raw.get("status") or {}),
         }
     )

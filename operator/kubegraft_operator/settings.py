@@ -8,7 +8,8 @@
   ($KUBEGRAFT_PEERING_PRIORITY, or a random one), so exactly one (the highest) acts and the
   others wait; when it dies, its record expires after the peering lifetime
   ($KUBEGRAFT_PEERING_LIFETIME, default 60 s) and the next one takes over. Run with
-  ``--peering=kubegraft`` (manifests/operator/peering.yaml holds the CRDs and the object).
+  ``--peering=NAME`` (kopf's CRDs: manifests/operator/peering.yaml; the Helm chart creates the
+  peering object when ``replicaCount`` > 1).
 - Events: only the ones the state machine decides are posted (log lines are not).
 """
 
@@ -35,6 +36,9 @@ ENV_RECONCILE_THREADS = "KUBEGRAFT_OPERATOR_RECONCILE_THREADS"
 ENV_OBJECT_LOG_LEVEL = "KUBEGRAFT_OPERATOR_OBJECT_LOG_LEVEL"
 """Level of kopf's per-object log (default WARNING: at INFO it logs every watch event's
 handler, thousands of lines a minute at scale; our state transitions are Events anyway)."""
+ENV_TRAINER_IMAGE = "KUBEGRAFT_TRAINER_IMAGE"
+"""The trainer image for jobs that set no ``spec.pod.image`` (the Helm chart's
+``trainer.image``); unset means the API's default."""
 FINALIZER = f"{GROUP}/operator"
 
 
@@ -65,6 +69,19 @@ def peering_priority() -> int:
     """This replica's priority: from the environment, else random (ties would pause all)."""
     value = os.environ.get(ENV_PRIORITY)
     return int(value) if value else random.SystemRandom().randint(1, 2**31 - 1)
+
+
+def trainer_image() -> str | None:
+    """The operator-wide default trainer image, if the installation set one."""
+    return os.environ.get(ENV_TRAINER_IMAGE) or None
+
+
+def with_default_image(spec: dict[str, Any], image: str | None) -> dict[str, Any]:
+    """``spec`` with ``pod.image`` set to ``image`` when the job names none (its own wins)."""
+    pod = dict(spec.get("pod") or {})
+    if image is None or pod.get("image"):
+        return spec
+    return {**spec, "pod": {**pod, "image": image}}
 
 
 def reconcile_threads() -> int:

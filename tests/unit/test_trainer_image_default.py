@@ -1,0 +1,39 @@
+"""The installation's trainer image (the chart's ``trainer.image``, passed to the operator as
+$KUBEGRAFT_TRAINER_IMAGE) is what jobs without ``spec.pod.image`` run; a job's own wins."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubegraft_operator import reconciler, settings
+
+pytestmark = pytest.mark.unit
+
+RAW = {
+    "apiVersion": "kubegraft.io/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "j", "namespace": "ns"},
+    "spec": {
+        "model": {"checkpoint": "/models/base", "task": "sequence-classification"},
+        "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
+        "output": {"ephemeral": True},
+    },
+}
+
+
+def test_job_without_image_gets_the_installation_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(settings.ENV_TRAINER_IMAGE, "registry.local/kubegraft/trainer:cpu")
+    assert reconciler._job_from(RAW).spec.pod.image == "registry.local/kubegraft/trainer:cpu"
+
+
+def test_job_image_wins_over_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(settings.ENV_TRAINER_IMAGE, "registry.local/kubegraft/trainer:cpu")
+    raw = {**RAW, "spec": {**RAW["spec"], "pod": {"image": "mine:1", "labels": {"a": "b"}}}}
+    job = reconciler._job_from(raw)
+    assert job.spec.pod.image == "mine:1"
+    assert job.spec.pod.labels == {"a": "b"}
+
+
+def test_without_the_setting_the_api_default_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(settings.ENV_TRAINER_IMAGE, raising=False)
+    assert reconciler._job_from(RAW).spec.pod.image == "ghcr.io/kubegraft/trainer:0.1.0"
