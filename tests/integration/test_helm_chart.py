@@ -324,6 +324,10 @@ SA_NEEDS = [
     ("create", "rolebindings"),
     ("get", "persistentvolumeclaims"),
     ("create", "events"),
+    # a predecessor's leftovers of the same name (create_if_absent deletes them by UID)
+    ("delete", "configmaps"),
+    ("delete", "services"),
+    ("delete", "rolebindings"),
 ]
 SA_MUST_NOT = [
     ("get", "secrets"),
@@ -331,8 +335,8 @@ SA_MUST_NOT = [
     ("create", "pods --subresource=exec"),
     ("update", "finetunejobs.kubegraft.io"),
     ("update", "finetunejobs.kubegraft.io --subresource=status"),
-    ("delete", "configmaps"),
     ("delete", "persistentvolumeclaims"),
+    ("patch", "persistentvolumeclaims"),
     ("escalate", "roles"),
     ("bind", "roles"),
 ]
