@@ -49,12 +49,18 @@ ENV_REPORT = "KUBEGRAFT_PROBE_REPORT"
 
 
 CLASSIFICATION_SITES = {
-    "loop.run",
+    "loop._train",
     "evaluation.evaluate",
     "feature_cache.compute_features",
     "signals.agreed",
+    "checkpointing.ranks_agreeing",
 }
-CAUSAL_LM_SITES = {"loop.run", "loop._evaluate_lm", "signals.agreed"}
+CAUSAL_LM_SITES = {
+    "loop._train",
+    "loop._evaluate_lm",
+    "signals.agreed",
+    "checkpointing.ranks_agreeing",
+}
 
 
 def classification_spec(tmp: Path) -> dict[str, Any]:
