@@ -119,7 +119,11 @@ def spec(repo: str, revision: str | None = None) -> FineTuneJobSpec:
     if revision:
         model["revision"] = revision
     return FineTuneJobSpec.model_validate(
-        {"model": model, "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1}}
+        {
+            "model": model,
+            "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
+            "output": {"ephemeral": True},
+        }
     )
 
 

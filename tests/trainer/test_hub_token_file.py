@@ -78,6 +78,7 @@ def test_the_token_comes_from_the_file_hf_token_path_names(
                 "tokenSecretRef": {"name": "hf-token", "key": "token"},
             },
             "dataset": {"train": {"uri": "/data/train.jsonl"}, "validationSplit": 0.1},
+            "output": {"ephemeral": True},
         }
     )
     with pytest.raises(Exception):  # noqa: B017, PT011 - the 401's classification is not the point

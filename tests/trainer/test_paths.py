@@ -80,15 +80,22 @@ def test_causal_lm_top1(tmp_path: Path) -> None:
     assert any(not torch.equal(exported[k], original[k]) for k in trained)
     assert torch.equal(exported["lm_head.weight"], exported["transformer.wte.weight"])
 
-    # A longer run over the same output resumes from the step-12 checkpoint (whose tied LM
-    # head was saved once, as the embedding matrix) and keeps lowering the loss.
-    cfg.write_text(cfg.read_text().replace("maxSteps: 12", "maxSteps: 16"))
+    # The same job again over the same output resumes from the step-12 checkpoint (whose tied
+    # LM head was saved once, as the embedding matrix): nothing is left to train, and the
+    # re-exported model is the same one, head still tied.
     assert run_single(cfg, timeout=300) == 0, log_text(cfg)
     assert "resumed from" in log_text(cfg)
     assert "at step 12" in log_text(cfg)
     m2 = metrics(out)
-    assert m2["step"] == 16
-    assert m2["loss"] < m["loss"]
+    assert m2["step"] == 12
+    again = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    assert torch.equal(again["lm_head.weight"], again["transformer.wte.weight"])
+    assert all(torch.equal(again[k], exported[k]) for k in exported)
+
+    # A longer run is another run (its schedule differs): the checkpoint is not resumed.
+    cfg.write_text(cfg.read_text().replace("maxSteps: 12", "maxSteps: 16"))
+    assert run_single(cfg, timeout=300) == 78, log_text(cfg)
+    assert "spec training changed" in log_text(cfg)
 
 
 def test_causal_lm_with_nothing_trainable_is_a_config_error(tmp_path: Path) -> None:
