@@ -23,7 +23,7 @@ from torch import nn
 from kubegraft.api.v1alpha1 import FineTuneJobSpec
 from kubegraft.exitcodes import ExitCode
 from kubegraft_trainer.architectures import VGGFeatures, get_architecture
-from kubegraft_trainer.errors import ConfigError
+from kubegraft_trainer.errors import ConfigError, RetryableError
 from kubegraft_trainer.pretrained import ModelBundle, load_model, read_state_dict
 from kubegraft_trainer.transfer_model import CausalLMModel, TransferModel
 
@@ -391,7 +391,8 @@ def test_hub_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_hub_unreachable_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An endpoint that refuses connections stands in for a Hub that cannot be reached."""
+    """An endpoint that refuses connections stands in for a Hub that cannot be reached: a
+    retryable error (exit 1) naming the field, not a configuration error."""
     import huggingface_hub.constants
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -401,6 +402,7 @@ def test_hub_unreachable_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     spec = job(checkpoint="hf://org/model", task="sequence-classification")
     with pytest.raises(
-        ConfigError, match=r"^spec\.model\.checkpoint: cannot fetch hf://org/model: .*unreachable"
+        RetryableError,
+        match=r"^spec\.model\.checkpoint: cannot fetch hf://org/model: .*unreachable",
     ):
         load_model(spec, num_labels=2)
