@@ -205,15 +205,6 @@ class ConfigMapSink:
         return f"configmap {self.namespace}/{self.name}"
 
 
-def _patch_configmap(ref: str, body: str, api: str | None = None, token: str | None = None) -> None:
-    """One report into a ConfigMap (raises urllib's HTTPError on a refusal)."""
-    sink = ConfigMapSink(ref, api=api, token=token)
-    try:
-        sink.send(body)
-    finally:
-        sink.close()
-
-
 def sinks_from_env(environ: Mapping[str, str] | None = None) -> list[ProgressSink]:
     """The sinks the launcher's environment names (none: reports go nowhere)."""
     env = os.environ if environ is None else environ

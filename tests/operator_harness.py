@@ -353,3 +353,15 @@ def state_is(kube: Kube, ns: str, name: str, *states: str) -> dict[str, Any] | N
     """The job's status when its state is one of ``states`` (a ``wait_for`` predicate)."""
     st = kube.status(ns, name)
     return st if st.get("state") in states else None
+
+
+def patch_progress(ref: str, body: str, api: str | None = None, token: str | None = None) -> None:
+    """One progress report into the ConfigMap ``ref`` (``namespace/name``), as rank 0's sink
+    sends it (raises urllib's HTTPError on a refusal): for tests that play rank 0."""
+    from kubegraft.progress import ConfigMapSink
+
+    sink = ConfigMapSink(ref, api=api, token=token)
+    try:
+        sink.send(body)
+    finally:
+        sink.close()

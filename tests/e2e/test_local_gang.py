@@ -31,6 +31,7 @@ from local_kubelet import LocalKubelet, ca_file_from_kubeconfig, free_port
 from operator_harness import (
     Kube,
     OperatorProcess,
+    patch_progress,
     repo_root,
     wait_for,
 )
@@ -38,7 +39,6 @@ from operator_harness import (
 from kubegraft.devcluster.cluster import Cluster
 from kubegraft.devcluster.manifests import OUTCOME_LABEL
 from kubegraft.exitcodes import describe
-from kubegraft.progress import _patch_configmap
 from kubegraft_trainer.checkpointing import latest_checkpoint, list_checkpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -185,14 +185,14 @@ def test_quickstart_gang_runs_on_local_processes_and_succeeds(
     ]
     token = kubelet._token_env(kubelet.pods["qs-worker-0-a0"], "qs-worker")
     monkeypatch.setenv("KUBEGRAFT_CA_FILE", token["KUBEGRAFT_CA_FILE"])
-    _patch_configmap(
+    patch_progress(
         f"{namespace}/qs-progress",
         done_report,
         api=token["KUBEGRAFT_API_SERVER"],
         token=token["KUBEGRAFT_API_TOKEN"],
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
-        _patch_configmap(
+        patch_progress(
             f"{namespace}/qs-config",
             "{}",
             api=token["KUBEGRAFT_API_SERVER"],

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 # The operator-test helpers (helper "opfix" moves this module into tests/).
-from operator_harness import Kube, OperatorProcess, job_manifest, state_is, wait_for
+from operator_harness import Kube, OperatorProcess, job_manifest, patch_progress, state_is, wait_for
 
 from kubegraft.devcluster.cluster import Cluster
-from kubegraft.progress import ProgressReport, _patch_configmap
+from kubegraft.progress import ProgressReport
 
 pytestmark = pytest.mark.integration
 WAIT = 120
@@ -79,7 +79,7 @@ def test_status_logs_suspend_resume(
         step=90, total_steps=200, epoch=0.45, eta_seconds=750, train_loss=0.4213,
         accuracy=0.83, f1=0.8123, time="2026-01-01T00:00:00Z",
     )  # fmt: skip
-    _patch_configmap(
+    patch_progress(
         env["KUBEGRAFT_PROGRESS_CONFIGMAP"],
         report.to_json(),
         api=cluster.server,

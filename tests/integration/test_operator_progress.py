@@ -18,11 +18,12 @@ from operator_harness import (
     Kube,
     OperatorProcess,
     job_manifest,
+    patch_progress,
     wait_for,
 )
 
 from kubegraft.devcluster.cluster import Cluster
-from kubegraft.progress import ConfigMapSink, ProgressReport, _patch_configmap, now_rfc3339
+from kubegraft.progress import ConfigMapSink, ProgressReport, now_rfc3339
 
 pytestmark = pytest.mark.integration
 WAIT = 120
@@ -73,7 +74,7 @@ def test_rank0_progress_reaches_status_and_printer_columns(
         latest_checkpoint_step=80,
         time="2026-01-01T00:00:00Z",
     )
-    _patch_configmap(ref, report.to_json(), api=cluster.server, token=token)
+    patch_progress(ref, report.to_json(), api=cluster.server, token=token)
 
     def folded() -> dict[str, Any] | None:
         st = kube.status(namespace, "learn")
@@ -100,7 +101,7 @@ def test_rank0_progress_reaches_status_and_printer_columns(
     )
     for target in (f"{namespace}/learn-config", f"{namespace}/other-progress"):
         with pytest.raises(urllib.error.HTTPError) as denied:
-            _patch_configmap(target, "{}", api=cluster.server, token=token)
+            patch_progress(target, "{}", api=cluster.server, token=token)
         assert denied.value.code == 403
     who = f"--as=system:serviceaccount:{namespace}:{sa}"
     for verb, what in (
@@ -119,7 +120,7 @@ def test_rank0_progress_reaches_status_and_printer_columns(
     )
 
     # A later report moves the columns on.
-    _patch_configmap(
+    patch_progress(
         ref,
         ProgressReport(step=200, total_steps=200, f1=0.9, phase="done").to_json(),
         api=cluster.server,
