@@ -18,7 +18,8 @@ import yaml
 from trainer_helpers import trainer_env, write_digits, write_simple_cnn_init
 
 from kubegraft.cli import main as cli_main
-from kubegraft.commands.run import apply_override, localize
+from kubegraft.commands.overrides import apply_override
+from kubegraft.commands.run import localize
 
 pytestmark = [pytest.mark.trainer, pytest.mark.timeout(600)]
 
