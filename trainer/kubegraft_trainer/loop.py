@@ -70,9 +70,11 @@ from kubegraft_trainer.feature_cache import (
     feature_collate,
 )
 from kubegraft_trainer.freeze import FreezePolicy
+from kubegraft_trainer.history import eval_records, step_record
 from kubegraft_trainer.metrics_exporter import TrainingMetrics
 from kubegraft_trainer.pretrained import ModelBundle, load_model, without_zero3_init
 from kubegraft_trainer.run_identity import identity_problem, job_uid, run_identity
+from kubegraft_trainer.run_report import write_run_report
 from kubegraft_trainer.signals import Preempted, PreemptionFlag
 
 log = logging.getLogger(__name__)
@@ -172,6 +174,11 @@ class LoopState:
     label_names: list[str] = field(default_factory=list)
     last_eval: dict[str, Any] = field(default_factory=dict)
     train_loss: float | None = None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    """The run's history (:mod:`~kubegraft_trainer.history`), kept on rank 0 and carried by
+    the checkpoints so that a resumed run continues it."""
+    confusion: dict[str, list[list[int]]] = field(default_factory=dict)
+    """The latest evaluation's confusion matrix per set (classification)."""
 
 
 def _now() -> str:
@@ -244,6 +251,8 @@ class Trainer:
         self.task = spec.model.task
         self.metrics: TrainingMetrics | None = None
         self.progress: ProgressPublisher | None = None
+        self.grad_norm: float | None = None
+        """Global gradient norm before clipping of the last optimizer step (when clipped)."""
 
     # ---------------------------------------------------------------------------- setup
 
@@ -645,7 +654,7 @@ class Trainer:
         if not self.deepspeed:
             if t.max_grad_norm is not None:
                 params = [p for p in self.model.parameters() if p.requires_grad]
-                self.acc.clip_grad_norm_(params, t.max_grad_norm)
+                self.grad_norm = float(self.acc.clip_grad_norm_(params, t.max_grad_norm))
             self.optimizer.step()
         self.scheduler.step()  # under DeepSpeed a no-op: the engine stepped it on the boundary
         self.optimizer.zero_grad(set_to_none=True)
@@ -674,7 +683,9 @@ class Trainer:
                     device=self.acc.device,
                     label_names=self.label_names,
                     per_class=False,
+                    confusion=True,
                 )
+                self.state.confusion[name] = results[name].pop("confusion_matrix")
             if self.metrics:
                 self.metrics.on_eval(name, results[name])
         self.wrapped.train()
@@ -745,6 +756,9 @@ class Trainer:
                     self.state.stopped_early = True
         if self.main:
             log.info("step %d eval: %s", self.state.step, _brief(results))
+            self.state.log_history += eval_records(
+                step=self.state.step, epoch=self._epoch(), results=results
+            )
         self._report(
             phase="training",
             eval_sets={
@@ -914,7 +928,17 @@ class Trainer:
         )
         per_step = (time.perf_counter() - train_started) / max(steps_run, 1)
         eta = int(per_step * (self.total_steps - self.state.step))
-        epoch = self.state.epoch + self.state.batches_done / max(self.micro_used, 1)
+        epoch = self._epoch()
+        self.state.log_history.append(
+            step_record(
+                step=self.state.step,
+                epoch=epoch,
+                loss=loss,
+                learning_rate=lr,
+                samples_per_second=throughput,
+                grad_norm=self.grad_norm,
+            )
+        )
         log.info(
             "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s",
             self.state.step,
@@ -943,6 +967,10 @@ class Trainer:
             samples_per_second=round(throughput, 2),
             eta_seconds=eta,
         )
+
+    def _epoch(self) -> float:
+        """The fractional epoch reached."""
+        return float(self.state.epoch + self.state.batches_done / max(self.micro_used, 1))
 
     def _finish(self, started: float) -> dict[str, Any]:
         results = self.state.last_eval
@@ -1006,6 +1034,16 @@ class Trainer:
             }
             write_atomically(
                 self.output / METRICS_FILE, json.dumps(summary, indent=2, default=str) + "\n"
+            )
+            write_run_report(
+                self.output,
+                job=self.job_name,
+                spec=self.spec,
+                summary=summary,
+                records=self.state.log_history,
+                confusion=self.state.confusion,
+                parameter_table=self.policy.summary_table(self.model),
+                model_dir=model_dir if self.spec.output.save_final_model else None,
             )
             self._report(phase="done")
         self.acc.wait_for_everyone()
