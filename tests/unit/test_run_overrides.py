@@ -89,7 +89,7 @@ def test_an_unknown_path_is_refused_by_name(assignment: str, named: str) -> None
 def test_an_unknown_path_is_a_manifest_error(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(_doc()))
-    with pytest.raises(ManifestError, match="revison.*known here: .*revision"):
+    with pytest.raises(ManifestError, match=r"revison.*known here: .*revision"):
         load_manifest(path, ["model.revison=1"], nproc=None, output=None, master_port=29500)
 
 
