@@ -200,3 +200,12 @@ def test_trainer_side_config_error_exits_78(tmp_path: Path) -> None:
     assert "no training examples are left" in proc.stderr
     status = json.loads((tmp_path / "out" / "status" / "rank-0.json").read_text())
     assert status["reason"] == "ConfigurationError"
+    # The failure shows where the whole log is and its last lines, not only the ERROR lines
+    # (the supervisor's and torchrun's closing lines say which rank failed and how).
+    log_file = tmp_path / "out" / "train.log"
+    assert f"the training log is {log_file}" in proc.stderr
+    tail = [ln for ln in log_file.read_text().splitlines() if ln.strip()][-5:]
+    assert tail
+    shown = proc.stderr.splitlines()
+    for line in tail:
+        assert f"  {line}" in shown, line
