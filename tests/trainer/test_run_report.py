@@ -267,3 +267,41 @@ def test_ctrl_c_stops_a_hung_run_in_bounded_time(tmp_path: Path) -> None:
     _gone, alive = psutil.wait_procs(frozen, timeout=30)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert _run_processes(out) == []
+
+
+def test_model_card_of_a_hub_checkpoint_names_it_as_base_model() -> None:
+    """Pure: the front matter's base_model is the Hub id (the Hub links the model to it)."""
+    from kubegraft.api.v1alpha1 import FineTuneJobSpec
+    from kubegraft_trainer.model_card import render_model_card
+
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "model": {
+                "checkpoint": "hf://org/bert-tiny",
+                "revision": "1.0",
+                "task": "sequence-classification",
+            },
+            "dataset": {"train": {"uri": "/d.jsonl"}, "validationSplit": 0.1},
+            "freeze": {"preset": "top-k", "topK": 2},
+            "output": {"ephemeral": True},
+        }
+    )
+    results = {"validation": {"loss": 0.5, "accuracy": 0.75, "f1": 0.7, "samples": 8}}
+    card = render_model_card(
+        job="tiny",
+        spec=spec,
+        summary={"eval": results, "trainable_parameters": 10, "total_parameters": 40},
+        records=[],
+        parameter_table="",
+        manifest={"spec": spec.to_wire()},
+        versions={},
+    )
+    meta = yaml.safe_load(card.removeprefix("---\n").partition("\n---\n")[0])
+    assert meta["base_model"] == "org/bert-tiny"
+    assert "text-classification" in meta["tags"]
+    assert "top-k" in meta["tags"]
+    values = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert values == {"loss": 0.5, "accuracy": 0.75, "f1": 0.7}
+    assert "(https://huggingface.co/org/bert-tiny)" in card
+    assert "revision: `1.0`" in card
+    assert "10 of 40 (25.00 %)" in card
