@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainer_helpers import trainer_env, write_digits, write_simple_cnn_init
+from trainer_helpers import local_digits_model, trainer_env, write_digits, write_simple_cnn_init
 
 from kubegraft.cli import main as cli_main
 from kubegraft.commands.overrides import apply_override
@@ -33,12 +33,7 @@ def _manifest(tmp_path: Path, **training: object) -> Path:
         "metadata": {"name": "digits"},
         "spec": {
             # relative paths: taken from the manifest's directory
-            "model": {
-                "checkpoint": "init.safetensors",
-                "task": "image-classification",
-                "format": "state-dict",
-                "architecture": "simple_cnn",
-            },
+            "model": local_digits_model(),
             "dataset": {"train": {"uri": "digits"}, "validationSplit": 0.2},
             "training": {
                 "epochs": 5,

@@ -26,7 +26,14 @@ import psutil
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from trainer_helpers import free_port, trainer_env, wait_for, write_digits, write_simple_cnn_init
+from trainer_helpers import (
+    free_port,
+    local_digits_model,
+    trainer_env,
+    wait_for,
+    write_digits,
+    write_simple_cnn_init,
+)
 
 pytestmark = [pytest.mark.trainer, pytest.mark.timeout(900)]
 
@@ -43,12 +50,7 @@ def _manifest(root: Path, name: str, **training: object) -> Path:
         "kind": "FineTuneJob",
         "metadata": {"name": name},
         "spec": {
-            "model": {
-                "checkpoint": "init.safetensors",
-                "task": "image-classification",
-                "format": "state-dict",
-                "architecture": "simple_cnn",
-            },
+            "model": local_digits_model(),
             "dataset": {
                 "train": {"uri": "digits"},
                 "validationSplit": 0.2,
