@@ -5,8 +5,9 @@ processes. The manifest is validated first (a bad one fails before anything star
 the field, with exit code 78); local adjustments are then made and written to
 ``<output>/job.yaml``, which the trainer reads:
 
-* ``--set key=value`` overrides (``training.epochs=2``, ``spec.dataset.maxSamples=500``;
-  values are YAML, so numbers, booleans and lists work);
+* ``--set key=value`` overrides (``training.epochs=2``, ``spec.dataset.maxSamples=500``),
+  typed by the field's schema (:mod:`kubegraft.commands.overrides`: a string field keeps the
+  text, ``model.revision=1.0`` is ``"1.0"``; numbers, booleans and lists are read as YAML);
 * ``distributed.nodes`` is 1 and ``procsPerNode`` is ``--nproc`` (default: the manifest's);
 * the rendezvous port is a free one, so runs do not collide;
 * ``output.path``: ``--output``, else the manifest's unless it is the in-cluster default,
@@ -22,11 +23,19 @@ runs -- started as a subprocess. A progress bar follows the trainer's progress f
 samples/s, ETA); at the end the final metrics are printed. The exit code is the trainer's own
 (0, 1, 75 or 78), read from the per-rank status files because torchrun reports every failure
 as 1. This module imports no torch; the trainer runs in the subprocess.
+
+The trainer writes its log to ``<output>/train.log`` (echoed with ``--no-progress``); a
+failed run shows the log's path and its last lines. ``--metrics-port`` makes rank 0 serve
+the same Prometheus /metrics as in a cluster. Ctrl-C stops the run the way a preemption does
+(a checkpoint, exit 75, the same command resumes), in bounded time (:func:`supervise`).
+Next to ``metrics.json`` the trainer leaves ``history.json``, the PNGs and the model card
+(:mod:`kubegraft_trainer.run_report`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -35,7 +44,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -43,6 +54,9 @@ from pydantic import ValidationError
 
 from kubegraft.api.errors import describe
 from kubegraft.api.v1alpha1 import FineTuneJob
+from kubegraft.commands.overrides import OverrideError, apply_override
+from kubegraft.commands.process_tree import ProcessTree
+from kubegraft.constants import ENV_METRICS_PORT
 from kubegraft.exitcodes import ExitCode, node_exit_code
 from kubegraft.launch import build_launch
 from kubegraft.progress import ENV_PROGRESS_FILE
@@ -87,44 +101,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- the manifest
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-4 as a string; a user means the number
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def apply_override(doc: dict[str, Any], assignment: str) -> None:
-    """Set ``a.b.c=value`` (camelCase keys as in the manifest; ``spec.`` may be omitted)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ManifestError(f"--set {assignment!r}: expected KEY=VALUE")
-    parts = key.strip().split(".")
-    if parts[0] not in ("spec", "metadata"):
-        parts = ["spec", *parts]
-    node: Any = doc
-    for part in parts[:-1]:
-        if isinstance(node, list) and part.isdigit():
-            node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ManifestError(f"--set {key}: {part!r} is not inside a mapping")
-        node = node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list) and last.isdigit():
-        node[int(last)] = _parse_value(raw)
-    elif isinstance(node, dict):
-        node[last] = _parse_value(raw)
-    else:
-        raise ManifestError(f"--set {key}: cannot set {last!r} here")
 
 
 def _absolute_uri(uri: str, base: Path) -> str:
@@ -186,7 +162,10 @@ def load_manifest(
     if not isinstance(doc, dict):
         raise ManifestError(f"{path}: expected a FineTuneJob mapping")
     for assignment in overrides:
-        apply_override(doc, assignment)
+        try:
+            apply_override(doc, assignment)
+        except OverrideError as exc:
+            raise ManifestError(str(exc)) from exc
     doc = localize(doc, manifest_dir=path.resolve().parent, **local)
     try:
         job = FineTuneJob.model_validate(doc)
@@ -321,7 +300,7 @@ def main(args: argparse.Namespace) -> int:
         python=args.python,
         extra_env={
             ENV_PROGRESS_FILE: str(progress_file),
-            "KUBEGRAFT_METRICS_PORT": str(args.metrics_port),
+            ENV_METRICS_PORT: str(args.metrics_port),
         },
     )
     env = dict(os.environ)
@@ -340,34 +319,166 @@ def main(args: argparse.Namespace) -> int:
     )
     log_file = output / "train.log"
     view = ProgressView(progress_file, enabled=not args.no_progress)
-    with open(log_file, "w") as log:
+    if args.metrics_port:
+        print(
+            f"kubegraft run: Prometheus metrics on http://127.0.0.1:{args.metrics_port}/metrics",
+            file=sys.stderr,
+        )
+    with open(log_file, "w") as log, StopRequests() as stops:
         proc = subprocess.Popen(
             launch.argv,
             env=env,
-            stdout=log if not args.no_progress else None,
-            stderr=subprocess.STDOUT if not args.no_progress else None,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        echo = LogEcho(log_file) if args.no_progress else None
         try:
-            while proc.poll() is None:
-                view.update()
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGTERM)  # the trainer checkpoints and exits 75
-            proc.wait()
+            stopped = supervise(
+                proc,
+                stops,
+                grace_seconds=job.spec.run_policy.termination_grace_period_seconds,
+                on_poll=view.update if echo is None else echo.update,
+            )
         finally:
             view.close()
+            if echo is not None:
+                echo.close()
     code = worker_exit_code(output, proc.returncode)
     if code == 0:
         print_summary(output)
-    else:
+    elif stopped and code == int(ExitCode.PREEMPTED):
         print(
-            f"kubegraft run: the trainer exited with {code}; last lines of {log_file}:",
+            f"kubegraft run: stopped; the checkpoint is in {output / 'checkpoints'}: the same "
+            "command resumes from it",
             file=sys.stderr,
         )
-        if not args.no_progress:
-            lines = log_file.read_text(errors="replace").splitlines()
-            errors = [ln for ln in lines if "ERROR" in ln or "configuration error" in ln]
-            for line in errors[-10:] or lines[-20:]:
-                print(f"  {line}", file=sys.stderr)
+    else:
+        lines = log_file.read_text(errors="replace").splitlines()
+        print(
+            f"kubegraft run: the trainer exited with {code}"
+            + (" after a stop request" if stopped else "")
+            + f"; the training log is {log_file}, its last lines:",
+            file=sys.stderr,
+        )
+        for line in failure_excerpt(lines):
+            print(f"  {line}", file=sys.stderr)
     return code
+
+
+# ---------------------------------------------------------------------------- stopping
+
+# After the grace period (the trainer's preemption save had all of it), SIGTERM to every
+# process of the run, then SIGKILL this much later.
+KILL_AFTER_SECONDS = 10.0
+POLL_SECONDS = 0.5
+
+
+class StopRequests:
+    """Ctrl-C (SIGINT) and SIGTERM to ``kubegraft run`` while the trainer runs: counted for
+    :func:`supervise` to act on, instead of a KeyboardInterrupt raised wherever the main
+    thread happens to be (in the middle of the progress bar, or of a wait)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._saved: dict[signal.Signals, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def __enter__(self) -> StopRequests:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
+def supervise(
+    proc: subprocess.Popen[bytes],
+    stops: StopRequests,
+    *,
+    grace_seconds: float,
+    on_poll: Callable[[], None],
+) -> bool:
+    """Wait for the run to end, stopping it in bounded time when asked; returns whether a
+    stop was requested.
+
+    The first request is SIGINT to the node supervisor, the path a preempted pod takes
+    (supervisor -> torchrun -> every trainer, which saves a checkpoint and exits 75; sent to
+    the supervisor alone, as the kubelet does, since torchrun would otherwise get it twice).
+    When the run is still there after ``grace_seconds`` (the job's termination grace period,
+    which torchrun's own shutdown timeout stays inside), every process of the run gets
+    SIGTERM, and SIGKILL :data:`KILL_AFTER_SECONDS` later; a second request skips to SIGKILL.
+    Whatever the way out, no process of the run outlives this function.
+    """
+    tree = ProcessTree(proc.pid)
+    handled = 0
+    deadline: float | None = None
+    escalation = [signal.SIGTERM, signal.SIGKILL]
+    while True:
+        tree.refresh()
+        on_poll()
+        try:
+            proc.wait(timeout=POLL_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if stops.count > handled:
+            if handled == 0:
+                print(
+                    "\nkubegraft run: stopping: the trainer saves a checkpoint and exits "
+                    f"(at most {grace_seconds:.0f}s; Ctrl-C again to kill it now)",
+                    file=sys.stderr,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGINT)
+                deadline = now + grace_seconds
+            else:
+                print("kubegraft run: killing the run", file=sys.stderr)
+                tree.signal(signal.SIGKILL)
+                escalation, deadline = [], now + KILL_AFTER_SECONDS
+            handled = stops.count
+        elif deadline is not None and now >= deadline and escalation:
+            sig = escalation.pop(0)
+            print(f"kubegraft run: the run did not stop in time: {sig.name}", file=sys.stderr)
+            tree.signal(sig)
+            deadline = now + KILL_AFTER_SECONDS
+    # The supervisor is gone; a trainer it left behind (it was killed) goes too.
+    until = time.monotonic() + KILL_AFTER_SECONDS
+    while tree.alive() and time.monotonic() < until:
+        tree.signal(signal.SIGKILL)
+        time.sleep(0.05)
+    return handled > 0
+
+
+def failure_excerpt(lines: list[str], *, tail: int = 30, errors: int = 5) -> list[str]:
+    """What a failed run shows of its log: the last ``tail`` lines, preceded by the last
+    ``errors`` ERROR lines above them (the root cause is often earlier than the shutdown
+    noise at the end)."""
+    last = lines[-tail:]
+    earlier = [ln for ln in lines[:-tail] if "ERROR" in ln or "configuration error" in ln]
+    if not earlier[-errors:]:
+        return last
+    return [*earlier[-errors:], "...", *last]
+
+
+class LogEcho:
+    """``--no-progress``: the log file's new lines copied to stdout as they come (the trainer
+    writes to the file itself, so it never blocks on, or dies with, a pipe to this process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, errors="replace")  # noqa: SIM115 (closed by close())
+
+    def update(self) -> None:
+        chunk = self.file.read()
+        if chunk:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        self.update()
+        self.file.close()

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainer_helpers import trainer_env, write_digits, write_simple_cnn_init
+from trainer_helpers import local_digits_model, trainer_env, write_digits, write_simple_cnn_init
 
 from kubegraft.cli import main as cli_main
-from kubegraft.commands.run import apply_override, localize
+from kubegraft.commands.overrides import apply_override
+from kubegraft.commands.run import localize
 
 pytestmark = [pytest.mark.trainer, pytest.mark.timeout(600)]
 
@@ -32,12 +33,7 @@ def _manifest(tmp_path: Path, **training: object) -> Path:
         "metadata": {"name": "digits"},
         "spec": {
             # relative paths: taken from the manifest's directory
-            "model": {
-                "checkpoint": "init.safetensors",
-                "task": "image-classification",
-                "format": "state-dict",
-                "architecture": "simple_cnn",
-            },
+            "model": local_digits_model(),
             "dataset": {"train": {"uri": "digits"}, "validationSplit": 0.2},
             "training": {
                 "epochs": 5,
@@ -199,3 +195,12 @@ def test_trainer_side_config_error_exits_78(tmp_path: Path) -> None:
     assert "no training examples are left" in proc.stderr
     status = json.loads((tmp_path / "out" / "status" / "rank-0.json").read_text())
     assert status["reason"] == "ConfigurationError"
+    # The failure shows where the whole log is and its last lines, not only the ERROR lines
+    # (the supervisor's and torchrun's closing lines say which rank failed and how).
+    log_file = tmp_path / "out" / "train.log"
+    assert f"the training log is {log_file}" in proc.stderr
+    tail = [ln for ln in log_file.read_text().splitlines() if ln.strip()][-5:]
+    assert tail
+    shown = proc.stderr.splitlines()
+    for line in tail:
+        assert f"  {line}" in shown, line

@@ -87,6 +87,17 @@ def write_digits(root: Path) -> Path:
     return root
 
 
+def local_digits_model(checkpoint: str = "init.safetensors") -> dict[str, Any]:
+    """spec.model of a digits job that starts from :func:`write_simple_cnn_init`'s file, named
+    relative to the manifest (``kubegraft run`` resolves it against the manifest's directory)."""
+    return {
+        "checkpoint": checkpoint,
+        "task": "image-classification",
+        "format": "state-dict",
+        "architecture": "simple_cnn",
+    }
+
+
 def write_simple_cnn_init(path: Path, seed: int = 0) -> Path:
     """A randomly initialised simple_cnn state dict: what digits pretraining starts from."""
     import torch

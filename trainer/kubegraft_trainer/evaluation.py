@@ -71,6 +71,20 @@ def classification_metrics(
     return out
 
 
+def confusion_matrix(
+    preds: Sequence[int], labels: Sequence[int], *, num_classes: int = 0
+) -> list[list[int]]:
+    """Counts of (true label, predicted label): row ``i`` holds the examples of class ``i``
+    by the class they were predicted as, so the rows sum to each class's support and the
+    whole matrix to the number of examples. At least ``num_classes`` square (a head may
+    predict a class the labels never name)."""
+    size = max([num_classes, *(c + 1 for c in labels), *(c + 1 for c in preds)])
+    matrix = [[0] * size for _ in range(size)]
+    for p, y in zip(preds, labels, strict=True):
+        matrix[y][p] += 1
+    return matrix
+
+
 def is_improvement(metric: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
     """Whether ``value`` beats ``best`` by more than ``min_delta`` (loss down, others up)."""
     if best is None:
@@ -88,10 +102,13 @@ def evaluate(
     device: torch.device,
     label_names: Sequence[str] | None = None,
     per_class: bool = False,
+    confusion: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``forward`` (batch -> logits) over every process's ``batches``.
 
-    ``forward`` is called under ``torch.no_grad``; the caller sets eval mode. Every rank must
+    ``forward`` is called under ``torch.no_grad``; the caller sets eval mode. With
+    ``confusion`` the result also holds ``confusion_matrix`` (:func:`confusion_matrix`, rows
+    and columns in ``label_names`` order). Every rank must
     call this with the same number of batches (the distributed sampler guarantees it).
     """
     losses, preds, labels, indices = [], [], [], []
@@ -125,4 +142,8 @@ def evaluate(
         [v[1] for v in values], [v[2] for v in values], label_names=label_names, per_class=per_class
     )
     metrics["loss"] = sum(v[0] for v in values) / len(values) if values else 0.0
+    if confusion:
+        metrics["confusion_matrix"] = confusion_matrix(
+            [v[1] for v in values], [v[2] for v in values], num_classes=len(label_names or ())
+        )
     return metrics

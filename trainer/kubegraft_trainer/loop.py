@@ -70,9 +70,11 @@ from kubegraft_trainer.feature_cache import (
     feature_collate,
 )
 from kubegraft_trainer.freeze import FreezePolicy
+from kubegraft_trainer.history import eval_records, step_record
 from kubegraft_trainer.metrics_exporter import LogWindow, TrainingMetrics, run_info_from_env
 from kubegraft_trainer.pretrained import ModelBundle, load_model, without_zero3_init
 from kubegraft_trainer.run_identity import identity_problem, job_uid, run_identity
+from kubegraft_trainer.run_report import write_run_report
 from kubegraft_trainer.signals import Preempted, PreemptionFlag
 
 log = logging.getLogger(__name__)
@@ -186,6 +188,11 @@ class LoopState:
     label_names: list[str] = field(default_factory=list)
     last_eval: dict[str, Any] = field(default_factory=dict)
     train_loss: float | None = None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    """The run's history (:mod:`~kubegraft_trainer.history`), kept on rank 0 and carried by
+    the checkpoints so that a resumed run continues it."""
+    confusion: dict[str, list[list[int]]] = field(default_factory=dict)
+    """The latest evaluation's confusion matrix per set (classification)."""
 
 
 def _now() -> str:
@@ -702,7 +709,9 @@ class Trainer:
                     device=self.acc.device,
                     label_names=self.label_names,
                     per_class=False,
+                    confusion=True,
                 )
+                self.state.confusion[name] = results[name].pop("confusion_matrix")
             if self.metrics:
                 self.metrics.on_eval(name, results[name], seconds=time.perf_counter() - started)
         self.wrapped.train()
@@ -773,6 +782,9 @@ class Trainer:
                     self.state.stopped_early = True
         if self.main:
             log.info("step %d eval: %s", self.state.step, _brief(results))
+            self.state.log_history += eval_records(
+                step=self.state.step, epoch=self._epoch(), results=results
+            )
         self._report(
             phase="training",
             eval_sets={
@@ -974,7 +986,7 @@ class Trainer:
             loss=float(table[:, 0].mean()),
             samples=int(table[:, 1].sum()),
             tokens=int(table[:, 2].sum()) if bool((table[:, 2] >= 0).all()) else None,
-            epoch=self.state.epoch + self.state.batches_done / max(self.micro_used, 1),
+            epoch=self._epoch(),
             eta_seconds=per_step * (self.total_steps - self.state.step),
             gpu_memory_allocated_bytes=int(table[:, 3].max()) if cuda else None,
             gpu_memory_peak_bytes=int(table[:, 4].max()) if cuda else None,
@@ -983,6 +995,16 @@ class Trainer:
     def _log_step(self, window: LogWindow, throughput: float) -> None:
         if not self.main:
             return
+        self.state.log_history.append(
+            step_record(
+                step=self.state.step,
+                epoch=window.epoch,
+                loss=window.loss,
+                learning_rate=self._lr(),
+                samples_per_second=throughput,
+                grad_norm=self.grad_norm,
+            )
+        )
         log.info(
             "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s",
             self.state.step,
@@ -1000,6 +1022,10 @@ class Trainer:
             samples_per_second=round(throughput, 2),
             eta_seconds=int(window.eta_seconds),
         )
+
+    def _epoch(self) -> float:
+        """The fractional epoch reached."""
+        return float(self.state.epoch + self.state.batches_done / max(self.micro_used, 1))
 
     def _finish(self, started: float) -> dict[str, Any]:
         results = self.state.last_eval
@@ -1063,6 +1089,16 @@ class Trainer:
             }
             write_atomically(
                 self.output / METRICS_FILE, json.dumps(summary, indent=2, default=str) + "\n"
+            )
+            write_run_report(
+                self.output,
+                job=self.job_name,
+                spec=self.spec,
+                summary=summary,
+                records=self.state.log_history,
+                confusion=self.state.confusion,
+                parameter_table=self.policy.summary_table(self.model),
+                model_dir=model_dir if self.spec.output.save_final_model else None,
             )
             self._report(phase="done")
         self.acc.wait_for_everyone()
