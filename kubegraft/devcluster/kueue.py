@@ -20,6 +20,12 @@ next to the binary. :func:`start` then, on a running :class:`~.cluster.Cluster`:
    must be refused by Kueue's validating webhook.
 
 Kueue runs with the admin credentials: its own RBAC is not under test here, the operator's is.
+
+One wart: with internal certificate management off, Kueue v0.17 reads its metrics serving
+certificate from the fixed path ``/etc/kueue/metrics/certs`` (``cmd/kueue/main.go``, no flag or
+setting moves it) and exits without it. :func:`ensure_metrics_cert` puts a throwaway
+self-signed certificate there when none exists (nothing trusts it; nothing here scrapes Kueue's
+metrics), and says so clearly when the path cannot be written.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from kubegraft.devcluster.cluster import (
     _Waiter,
     free_port,
 )
-from kubegraft.devcluster.pki import Pki, ensure_webhook_cert
+from kubegraft.devcluster.pki import Pki, ensure_webhook_cert, self_signed_cert
 
 CONFIG_DIR = "kueue-config"
 """Next to the ``kueue`` binary: ``crd/*.yaml`` and ``webhook.yaml`` from the module source."""
@@ -52,6 +58,7 @@ FRAMEWORKS = ("batch/job",)
 SERVED_GROUPS = frozenset({"kueue.x-k8s.io", "batch"})
 """API groups of the webhooks the configured integrations serve (Kueue's own objects and the
 batch/job integration)."""
+METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 CLIENT_QPS = 50
 CLIENT_BURST = 100
 
@@ -154,6 +161,21 @@ def _webhook_refuses(cluster: Cluster) -> bool:
     raise ClusterError(f"probing Kueue's webhook: {proc.stderr.strip()}")
 
 
+def ensure_metrics_cert(directory: Path = METRICS_CERT_DIR) -> None:
+    """A self-signed ``tls.crt``/``tls.key`` in ``directory`` unless both exist (module
+    docstring: Kueue insists on this path)."""
+    if (directory / "tls.crt").exists() and (directory / "tls.key").exists():
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        self_signed_cert(directory / "tls.crt", directory / "tls.key", "kueue-metrics")
+    except (OSError, RuntimeError) as exc:
+        raise ClusterError(
+            f"Kueue needs a metrics certificate in {directory} (a fixed path in Kueue v0.17 "
+            f"when internalCertManagement is off) and it cannot be written here: {exc}"
+        ) from exc
+
+
 def start(cluster: Cluster, pki: Pki, *, log: Log = print, timeout: float = 120) -> None:
     """Install Kueue's CRDs, start its manager and register its webhooks (module docstring)."""
     cfg_dir = config_dir(cluster)
@@ -208,6 +230,7 @@ def start(cluster: Cluster, pki: Pki, *, log: Log = print, timeout: float = 120)
             )
         )
     )
+    ensure_metrics_cert()
     log("starting kueue")
     record = procs.start(
         "kueue",

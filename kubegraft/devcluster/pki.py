@@ -131,3 +131,12 @@ def ensure_webhook_cert(pki: Pki, name: str) -> tuple[Path, Path]:
             "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
         )
     return crt, key
+
+
+def self_signed_cert(crt: Path, key: Path, name: str) -> None:
+    """A throwaway self-signed serving certificate for 127.0.0.1 that nothing trusts."""
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+        "-days", DAYS, "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+        cwd=crt.parent,
+    )  # fmt: skip

@@ -11,6 +11,7 @@ The gang-with-a-real-checkpoint version of preemption is tests/e2e/test_kueue_pr
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +152,15 @@ def wl_has(kube: Kube, ns: str, job: str, **want: str) -> dict[str, tuple[str, s
     return got if all(got.get(t, ("",))[0] == s for t, s in want.items()) else None
 
 
+def printed_columns(table: str) -> dict[str, str]:
+    """The first row of ``kubectl get`` output by column (cells may be empty, so they are cut
+    at the header's column offsets, not split on spaces)."""
+    header, row = table.splitlines()[:2]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    return {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, ends, strict=True)}
+
+
 def pod_names(kube: Kube, namespace: str, job: str) -> list[str]:
     return sorted(
         p["metadata"]["name"]
@@ -201,10 +211,8 @@ def test_admission_within_quota_holds_the_next_job_and_starts_it_when_quota_retu
     assert pod_names(kube, namespace, "second") == []
     assert state_is(kube, namespace, "first", "Running"), "first finished before second was seen"
     assert wl_has(kube, namespace, "second", QuotaReserved="False")
-    header, row = cluster.kubectl(
-        "get", "ftj", "second", "-n", namespace, "-o", "wide"
-    ).stdout.splitlines()[:2]
-    cells = dict(zip(header.split(), row.split(), strict=False))
+    wide = cluster.kubectl("get", "ftj", "second", "-n", namespace, "-o", "wide").stdout
+    cells = printed_columns(wide)
     assert (cells["STATE"], cells["QUEUE"], cells["REASON"]) == ("Queued", lq, "WaitingForQuota")
 
     # A job without a queue name is untouched by Kueue: it runs at once, quota or not.
