@@ -261,6 +261,10 @@ class Api:
             "get_localqueue", "GET", _path("LocalQueue", namespace, name), ok=(404,)
         )
 
+    def get_workload(self, namespace: str, name: str) -> Obj | None:
+        """A Kueue Workload; None when it does not exist (or Kueue is not installed)."""
+        return self.request("get_workload", "GET", _path("Workload", namespace, name), ok=(404,))
+
     def get_cluster_object(self, path: str) -> Obj | None:
         """A cluster-scoped object Kueue's contract reads (a ResourceFlavor, a
         PriorityClass) by its API path; None when it does not exist."""

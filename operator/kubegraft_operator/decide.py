@@ -519,7 +519,7 @@ def _admitted(ctx: _Ctx, pods: list[PodObservation]) -> bool:
     if stopping:
         ctx.requeue(CONFIRM_SECONDS)
         return False
-    if wl is None and q.priority_class_found:
+    if wl is None and q.priority_class_found and q.local_queue_found:
         template = render_pod(
             ctx.job, namespace=ctx.namespace, uid=ctx.uid, rank=0, attempt=st.attempt
         )
@@ -672,8 +672,11 @@ def _forming_or_running(ctx: _Ctx, current: list[PodObservation]) -> None:
             # Held by a queue (Kueue's pod integration): waiting for admission is not a
             # startup failure, so the startup clock does not run.
             gated = True
-            reason = "Queued"
-            message = f"{len(up)}/{n} workers running; worker {p.rank} waits for admission"
+            reason = "SchedulingGated"
+            message = (
+                f"{len(up)}/{n} workers running; worker {p.rank} is held by a scheduling gate "
+                "(a Kueue pod group waiting for admission)"
+            )
             break
         if p.reason in IMAGE_PROBLEMS:
             reason, message = (
@@ -693,7 +696,7 @@ def _forming_or_running(ctx: _Ctx, current: list[PodObservation]) -> None:
                 f"{len(up)}/{n} workers running; worker {p.rank} cannot be scheduled: {p.message}"
             )
             break
-    ctx.state(JobState.PENDING, reason, message)
+    ctx.state(JobState.QUEUED if gated else JobState.PENDING, reason, message)
     if gated:
         return
     created = [p.created for p in current if p.created is not None]

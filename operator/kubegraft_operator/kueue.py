@@ -380,7 +380,7 @@ def waiting_message(job: FineTuneJob, q: QueueObservation) -> tuple[str, str]:
         return (
             "LocalQueueNotFound",
             f"metadata.labels[{QUEUE_LABEL}]: LocalQueue {ns}/{lq} does not exist; the job "
-            "waits until it is created",
+            "waits (looking again every minute) until it is created",
         )
     where = f"LocalQueue {ns}/{lq}, ClusterQueue {q.cluster_queue or '(unknown)'}"
     wl = q.workload

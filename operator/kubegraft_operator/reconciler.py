@@ -179,14 +179,22 @@ class Reconciler:
         )
 
     def _observe_queue(self, job: FineTuneJob, observed: Observation) -> kueue.QueueObservation:
-        """Kueue's objects the contract needs in this pass, besides the cached Workload: the
-        LocalQueue while the job waits (the ClusterQueue to name), the PriorityClass before
-        the Workload is created (its value), the admitted flavors before a gang starts."""
+        """Kueue's objects the contract needs in this pass: the Workload when the watch cache
+        has none, the LocalQueue while the job waits (the ClusterQueue to name), the
+        PriorityClass before the Workload is created (its value), the admitted flavors before a
+        gang starts."""
         q = observed.queue or kueue.QueueObservation()
         status = job.status or FineTuneJobStatus()
+        ns = job.metadata.namespace or "default"
+        if q.workload is None:
+            # Not (yet) in the watch cache, e.g. right after an operator restart: a finished
+            # job must not conclude that there is no Workload to mark Finished.
+            uid = str((job.metadata.model_extra or {}).get("uid") or "")
+            raw = self.api.get_workload(ns, kueue.workload_name(job.metadata.name, uid))
+            if raw is not None:
+                q = dataclasses.replace(q, workload=kueue.observe_workload(raw))
         if status.state in (JobState.SUCCEEDED, JobState.FAILED):
             return q
-        ns = job.metadata.namespace or "default"
         wl = q.workload
         if not kueue.admitted(wl):
             lq = self.api.get_local_queue(ns, kueue.queue_name(job) or "")

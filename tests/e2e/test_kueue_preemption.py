@@ -114,6 +114,9 @@ def kubelet(cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path) -> Ite
         ca_file=ca_file_from_kubeconfig(cluster.kubeconfig),
         host_dirs={"output": tmp_path / "output"},
         label_selector="kubegraft.io/job-name=low",
+        # The pods' grace period is 120 s; the default cap of 10 s SIGKILLed a rank-0 save
+        # under load (exit 137), which a real kubelet would not have done.
+        max_grace=90.0,
         extra_pythonpath=(str(root), str(root / "operator"), str(root / "trainer")),
     ) as k:
         yield k

@@ -272,6 +272,7 @@ def test_missing_local_queue_and_priority_class_are_named() -> None:
     assert job.status.reason == "PriorityClassNotFound"
     assert kinds(d) == []
     job, d = step(make_job(), queue(local_queue_found=False))
+    assert kinds(d) == []  # no Workload for a queue that does not exist (nor Kueue's CRDs)
     assert job.status is not None
     assert job.status.reason == "LocalQueueNotFound"
     assert "metadata.labels[kueue.x-k8s.io/queue-name]" in (job.status.message or "")
