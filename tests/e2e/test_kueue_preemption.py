@@ -25,7 +25,7 @@ from kubegraft.devcluster.cluster import Cluster
 from kubegraft_operator import kueue as contract
 from kubegraft_trainer.checkpointing import list_checkpoints
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 SUFFIX = secrets.token_hex(3)
 FLAVOR, LOW, HIGH = f"kg-e2e-gpu-{SUFFIX}", f"kg-e2e-low-{SUFFIX}", f"kg-e2e-high-{SUFFIX}"
