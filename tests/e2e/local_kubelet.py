@@ -308,7 +308,10 @@ class LocalKubelet:
         with self._lock:
             local = self.pods.get(name)
         if type_ == "DELETED" or meta.get("deletionTimestamp"):
-            if local is not None and local.uid == meta.get("uid"):
+            # The first deletion's grace period counts: kwok's pod-delete Stage then removes
+            # the pod at once (grace 0), which a real kubelet would not do before the
+            # containers exit, and which must not cut the trainer's checkpoint save short.
+            if local is not None and local.uid == meta.get("uid") and not local.terminate.is_set():
                 grace = meta.get("deletionGracePeriodSeconds")
                 local.grace = min(
                     float(grace if grace is not None else self.max_grace), self.max_grace
