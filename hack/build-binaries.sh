@@ -6,7 +6,10 @@
 # The control plane lands in $KUBEGRAFT_CACHE/bin/<key>/, where <key> hashes the etcd, k8s and
 # kwok tools modules' go.mod/go.sum and the Go version: a cache hit costs nothing, a change to
 # a pin rebuilds. helm has its own key (tools/helm), lands in bin/helm-<key>/ and is linked into
-# the control plane's directory, so that one directory on PATH gives kubectl and helm.
+# the control plane's directory, so that one directory on PATH gives kubectl and helm. Kueue's
+# manager is built the same way (tools/kueue, bin/kueue-<key>/, linked in as kueue) together
+# with a copy of its CRDs and webhook configurations (kueue-config/), which the dev cluster
+# applies; KUBEGRAFT_SKIP_KUEUE=1 skips it.
 # Prints the binary directory on its last line of stdout; progress goes to stderr.
 set -euo pipefail
 
@@ -21,6 +24,8 @@ key=$( (for m in "${cp_modules[@]}"; do cat "$here/tools/$m/go.mod"; done
 helm_key=$( (cat "$here/tools/helm/go.mod" "$here/tools/helm/go.sum"; go version) | sha256sum | cut -c1-16)
 out="$cache/bin/$key"
 helm_out="$cache/bin/helm-$helm_key"
+kueue_key=$( (cat "$here/tools/kueue/go.mod" "$here/tools/kueue/go.sum"; go version) | sha256sum | cut -c1-16)
+kueue_out="$cache/bin/kueue-$kueue_key"
 want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
 
 export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod
@@ -51,6 +56,30 @@ ensure_helm() {
   fi
 }
 
+ensure_kueue() {
+  [ "${KUBEGRAFT_SKIP_KUEUE:-}" = 1 ] && return
+  if [ ! -x "$kueue_out/kueue" ]; then
+    heartbeat
+    log "building kueue (cold: 10-20 minutes on 2 cores)"
+    mkdir -p "$kueue_out.partial"
+    kueue_version=$(awk '$1 == "sigs.k8s.io/kueue" && $2 ~ /^v/ {print $2; exit}' "$here/tools/kueue/go.mod")
+    (cd "$here/tools/kueue" && go build -trimpath -o "$kueue_out.partial/kueue" \
+      -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$kueue_version" \
+      sigs.k8s.io/kueue/cmd/kueue)
+    # The CRDs and the webhook configurations ship in the module source, not in the binary.
+    kueue_dir=$(cd "$here/tools/kueue" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+    mkdir -p "$kueue_out.partial/kueue-config"
+    cp -r "$kueue_dir/config/components/crd/bases" "$kueue_out.partial/kueue-config/crd"
+    cp "$kueue_dir/config/components/webhook/manifests.yaml" "$kueue_out.partial/kueue-config/webhook.yaml"
+    chmod -R u+w "$kueue_out.partial/kueue-config"
+    rm -rf "$kueue_out" && mv "$kueue_out.partial" "$kueue_out"
+  fi
+  if [ "$(readlink "$out/kueue" 2>/dev/null)" != "$kueue_out/kueue" ]; then
+    ln -sfn "$kueue_out/kueue" "$out/kueue"
+    ln -sfn "$kueue_out/kueue-config" "$out/kueue-config"
+  fi
+}
+
 # prometheus and promtool: the Debian package (CONTROL-PLANE.md), unpacked, not installed;
 # cached in bin/prometheus-<version>/ and linked into the control plane's directory.
 prom_major=2
@@ -74,7 +103,7 @@ ensure_prometheus() {
   ln -sfn "$dir/promtool" "$out/promtool"
 }
 
-if have_all; then ensure_helm; ensure_prometheus; echo "$out"; exit 0; fi
+if have_all; then ensure_helm; ensure_kueue; ensure_prometheus; echo "$out"; exit 0; fi
 
 heartbeat
 mkdir -p "$out.partial"
@@ -105,6 +134,7 @@ cp -r "$kwok_dir/kustomize/." "$out.partial/kwok-kustomize/"
 chmod -R u+w "$out.partial/kwok-kustomize"
 rm -rf "$out" && mv "$out.partial" "$out"
 ensure_helm
+ensure_kueue
 ensure_prometheus
 log "binaries ready in $out"
 echo "$out"

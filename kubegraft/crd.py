@@ -214,6 +214,14 @@ def _printer_columns() -> list[dict[str, Any]]:
             "Gang restarts after disruptions (preemption, eviction, node loss).",
             1,
         ),
+        col(
+            "Queue",
+            "string",
+            r".metadata.labels.kueue\.x-k8s\.io/queue-name",
+            "The Kueue LocalQueue (docs/kueue.md).",
+            1,
+        ),
+        col("Reason", "string", ".status.reason", "Why the job is in its state.", 1),
         col("ETA", "string", ".status.progress.eta", "Estimated time to completion.", 1),
         col("Model", "string", ".spec.model.checkpoint", "The pretrained checkpoint.", 1),
     ]

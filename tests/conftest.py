@@ -15,6 +15,10 @@ so ``pytest -m unit`` starts nothing:
 - ``namespace`` (function): a fresh namespace whose ``default`` ServiceAccount exists (pods can
   be created at once); deleted after the test.
 - ``op_kubeconfig``, ``kube`` (module): the operator's own credentials, an admin client.
+- ``kueue`` (session): Kueue's manager on ``cluster`` (its CRDs, webhooks registered by URL,
+  FineTuneJob as an external framework; :mod:`kubegraft.devcluster.kueue`), started once for
+  the tests that ask for it and stopped with the cluster. A reused cluster
+  (``KUBEGRAFT_TEST_CLUSTER``) started with ``--kueue`` is used as it is.
 
 Tests marked ``unit`` may not use ``cluster``: the unit tier starts nothing. The operator
 harness (a real operator subprocess, ``wait_for``, test manifests) is ``operator_harness``
@@ -75,6 +79,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         handle.save()  # a test may have restarted a component: record its current pid
         down(state_dir, log=_log)
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: Cluster, crd: list[str]) -> Cluster:
+    """Kueue running on the session's control plane (started on first use)."""
+    from kubegraft.devcluster import kueue as kueue_manager
+    from kubegraft.devcluster.pki import ensure_pki
+
+    if not cluster.alive().get("kueue"):
+        started = time.monotonic()
+        kueue_manager.start(cluster, ensure_pki(cluster.state_dir / "pki"), log=_log)
+        _log(f"kueue up in {time.monotonic() - started:.1f}s")
+    return cluster
 
 
 def _crd_names(directory: Path) -> tuple[list[Path], list[str]]:

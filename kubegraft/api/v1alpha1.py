@@ -995,6 +995,9 @@ class JobState(StrEnum):
     """The one-word state shown by `kubectl get ftj`."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"
+    """Waiting in a Kueue queue (the job's metadata label kueue.x-k8s.io/queue-name): no pods
+    until Kueue admits its Workload, and again after Kueue evicted or preempted it."""
     RUNNING = "Running"
     RESTARTING = "Restarting"
     SUSPENDED = "Suspended"
@@ -1006,8 +1009,8 @@ class Condition(ApiModel):
     """A condition per the Kubernetes API conventions."""
 
     type: str = Field(max_length=316)
-    """Type of condition in CamelCase: Created, Running, Suspended, Restarting, Succeeded,
-    Failed."""
+    """Type of condition in CamelCase: Created, Admitted (by Kueue), Running, Suspended,
+    Restarting, Succeeded, Failed."""
     status: Literal["True", "False", "Unknown"]
     """Status of the condition."""
     reason: str = Field(max_length=1024)
@@ -1111,7 +1114,7 @@ class FineTuneJobStatus(ApiModel):
     observed_generation: int | None = None
     """The spec generation the operator last acted on."""
     state: JobState | None = None
-    """One-word state: Pending, Running, Restarting, Suspended, Succeeded or Failed."""
+    """One-word state: Pending, Queued, Running, Restarting, Suspended, Succeeded or Failed."""
     reason: str | None = None
     """CamelCase reason for the state."""
     message: str | None = None
@@ -1131,8 +1134,8 @@ class FineTuneJobStatus(ApiModel):
     """Whole-gang restarts after disruptions so far: preemption (exit 75), eviction, a lost
     node, a pod deleted from under the job (counted against runPolicy.maxDisruptions)."""
     suspended_seconds: int = 0
-    """Seconds the job spent suspended after it first started; activeDeadlineSeconds does not
-    count them."""
+    """Seconds the job spent suspended, or queued by Kueue, after it first started;
+    activeDeadlineSeconds does not count them."""
     attempt: int = 0
     """Current gang attempt (pods carry it as a label)."""
     nodes: int | None = None

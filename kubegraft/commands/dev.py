@@ -2,7 +2,8 @@
 
 A thin shell over :mod:`kubegraft.devcluster`: ``up`` starts etcd, kube-apiserver (RBAC on),
 kube-controller-manager, kube-scheduler and kwok with fake GPU nodes on 127.0.0.1 and writes an
-admin kubeconfig; ``down`` stops exactly those processes by pid; ``env`` prints the
+admin kubeconfig (with ``--kueue`` also Kueue's manager and webhooks, see docs/kueue.md);
+``down`` stops exactly those processes by pid; ``env`` prints the
 ``export KUBECONFIG=...`` line to ``eval``; ``status`` says what runs.
 """
 
@@ -36,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cluster.add_argument("--nodes", type=int, default=4, help="fake GPU nodes (default: 4)")
     cluster.add_argument("--gpus", type=int, default=8, help="nvidia.com/gpu per node (default: 8)")
+    cluster.add_argument(
+        "--kueue",
+        action="store_true",
+        help="also start Kueue (CRDs, manager, webhooks; FineTuneJob as an external framework)",
+    )
 
 
 def _progress(message: str) -> None:
@@ -58,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
                 nodes=args.nodes,
                 gpus_per_node=args.gpus,
                 log=_progress,
+                kueue=args.kueue,
             )
         elif args.action == "down":
             down(state_dir, log=_progress)

@@ -314,6 +314,7 @@ def up(
     log: Log = print,
     timeout: float = 120,
     tie_to_caller: bool = False,
+    kueue: bool = False,
 ) -> Cluster:
     """Start the control plane under ``state_dir`` and return it once nodes are Ready.
 
@@ -321,6 +322,8 @@ def up(
     process dies, even by SIGKILL, so a killed test run leaks nothing; without it (the CLI)
     they outlive the ``up`` command. Raises :class:`ClusterError` if a cluster already runs
     there, or if any step fails (in which case whatever had been started is stopped again).
+    With ``kueue`` it also starts Kueue's manager with its CRDs and webhooks
+    (:mod:`.kueue`).
     """
     state_dir = (state_dir or default_state_dir(name)).resolve()
     previous = load(state_dir)
@@ -339,6 +342,10 @@ def up(
         cluster = _prepare(state_dir, name, bin_dir, pki, tie_to_caller)
         try:
             _bring_up(cluster, pki, nodes, gpus_per_node, log, timeout)
+            if kueue:
+                from kubegraft.devcluster import kueue as kueue_manager
+
+                kueue_manager.start(cluster, pki, log=log, timeout=timeout)
             break
         except BaseException as exc:
             log("start-up failed; stopping what was started")

@@ -115,3 +115,28 @@ def ensure_pki(directory: Path) -> Pki:
     _openssl("genrsa", "-out", str(pki.sa_key), "2048", cwd=directory)
     _openssl("rsa", "-in", str(pki.sa_key), "-pubout", "-out", str(pki.sa_pub), cwd=directory)
     return pki
+
+
+def ensure_webhook_cert(pki: Pki, name: str) -> tuple[Path, Path]:
+    """A serving certificate for a webhook server on 127.0.0.1 (``<name>.crt``/``.key``),
+    signed by the cluster CA: the API server trusts it through the webhook configuration's
+    ``caBundle`` (the CA), as it would a cert-manager certificate in a real cluster."""
+    crt, key = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
+    if not (crt.exists() and key.exists()):
+        _signed_cert(
+            pki,
+            name,
+            f"/CN={name}",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+    return crt, key
+
+
+def self_signed_cert(crt: Path, key: Path, name: str) -> None:
+    """A throwaway self-signed serving certificate for 127.0.0.1 that nothing trusts."""
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+        "-days", DAYS, "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+        cwd=crt.parent,
+    )  # fmt: skip

@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
-from kubegraft_operator import metrics, names
+from kubegraft_operator import kueue, metrics, names
 from kubegraft_operator.observe import controller_uid
 from kubegraft_operator.render import COMPONENT_CONFIG, COMPONENT_WORKER
 
@@ -67,6 +67,8 @@ _PATHS: dict[str, str] = {
     "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     "FineTuneJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+    "Workload": f"/apis/{kueue.API_VERSION}/namespaces/{{ns}}/workloads",
+    "LocalQueue": f"/apis/{kueue.API_VERSION}/namespaces/{{ns}}/localqueues",
 }
 """Collection path of each kind the operator writes (or reads: the output claim)."""
 JSON = "application/json"
@@ -251,6 +253,35 @@ class Api:
         )
         assert res is not None
         return res
+
+    # ------------------------------------------------------------------ Kueue
+    def get_local_queue(self, namespace: str, name: str) -> Obj | None:
+        """A Kueue LocalQueue; None when it does not exist."""
+        return self.request(
+            "get_localqueue", "GET", _path("LocalQueue", namespace, name), ok=(404,)
+        )
+
+    def get_workload(self, namespace: str, name: str) -> Obj | None:
+        """A Kueue Workload; None when it does not exist (or Kueue is not installed)."""
+        return self.request("get_workload", "GET", _path("Workload", namespace, name), ok=(404,))
+
+    def get_cluster_object(self, path: str) -> Obj | None:
+        """A cluster-scoped object Kueue's contract reads (a ResourceFlavor, a
+        PriorityClass) by its API path; None when it does not exist."""
+        return self.request("get_" + path.rsplit("/", 2)[-2], "GET", path, ok=(404,))
+
+    def patch_workload_status(self, namespace: str, name: str, patch: Obj) -> Obj | None:
+        """ONE merge patch of a Workload's status; ``patch`` carries the resourceVersion it
+        was computed from, so a Workload that Kueue changed meanwhile answers 409 (None here:
+        the next pass, with the newer Workload, decides again), as does one deleted (404)."""
+        return self.request(
+            "patch_workload_status",
+            "PATCH",
+            _path("Workload", namespace, name, "status"),
+            body=patch,
+            content_type=MERGE_PATCH,
+            ok=(404, 409),
+        )
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete the FineTuneJob (ttlSecondsAfterFinished); children go with it (GC)."""

@@ -13,12 +13,14 @@ from typing import Literal
 from kubegraft.api.v1alpha1 import Condition
 
 CREATED = "Created"
+ADMITTED = "Admitted"
+"""Kueue admitted the job's Workload (jobs with a queue name only)."""
 RUNNING = "Running"
 RESTARTING = "Restarting"
 SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
-ORDER = (CREATED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
+ORDER = (CREATED, ADMITTED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
 
 Status = Literal["True", "False", "Unknown"]
 

@@ -21,6 +21,9 @@ States (``status.state``) and how they move::
     output claim missing, or not ReadWriteMany with nodes > 1 -> Failed OutputClaim* (no pods)
     activeDeadlineSeconds of time not suspended since startTime -> Failed DeadlineExceeded
     suspend: true -> Suspended (pods deleted, status kept); false -> Pending (attempt+1)
+    a queue name (Kueue, :mod:`.kueue`): Queued (no pods, the Workload created) until Kueue
+        admits it -> Pending (flavors injected); evicted/preempted -> Queued (gang stopped,
+        attempt+1, reservation cleared); finished -> the Workload marked Finished
     pods of an earlier job of the same name (other owner UID) -> Pending WaitingForPreviousJob
 
 Clocks come from the status itself, so a restarted operator resumes them: the back-off from
@@ -49,7 +52,7 @@ from typing import Any, Literal
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
 from kubegraft.exitcodes import ExitCode, describe, is_permanent
 from kubegraft_operator import conditions as cond
-from kubegraft_operator import names
+from kubegraft_operator import kueue, names
 from kubegraft_operator.observe import (
     CONFIG_PROBLEMS,
     IMAGE_PROBLEMS,
@@ -97,6 +100,9 @@ def restart_reason_label(reason: str) -> str:
     return reason if reason in RESTART_REASONS else OTHER_REASON
 
 
+WORKLOAD_FINISHED = "WorkloadFinished"
+"""The Admitted condition's reason once the job's Kueue Workload is Finished (or gone)."""
+
 WARNING_REASONS = frozenset(
     {
         "Unschedulable",
@@ -142,6 +148,9 @@ class Decision:
     """Set when this decision creates a whole gang that was waiting, not restarting: seconds
     since the job's creation (first gang; suspended or queued time included) or its resume (a
     job that had run, suspended and resumed). For the queue-wait histogram."""
+    workload_patch: tuple[str, Obj] | None = None
+    """(Workload name, merge patch of its status): clear the reservation after an eviction, or
+    mark it Finished (:mod:`.kueue`)."""
 
 
 @dataclass
@@ -213,6 +222,11 @@ def keeps_reconciling(job: Mapping[str, Any]) -> bool:
     status = job.get("status") or {}
     if status.get("state") not in (JobState.SUCCEEDED.value, JobState.FAILED.value):
         return True
+    admitted = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == cond.ADMITTED), None
+    )
+    if admitted is not None and admitted.get("reason") != WORKLOAD_FINISHED:
+        return True  # Kueue's Workload is still to be marked Finished (its quota released)
     ttl = ((job.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
     return ttl is not None or status.get("active") != 0
 
@@ -286,6 +300,8 @@ def decide(job: FineTuneJob, observed: Observation, now: datetime) -> Decision:
     ctx.decision.status = status
 
     _step(ctx)
+    if kueue.queue_name(job) is not None and status.state in (JobState.SUCCEEDED, JobState.FAILED):
+        _release_workload(ctx)
 
     # Infrastructure numbers, after the step (a restart moves to a new attempt).
     current = [p for p in observed.pods if p.attempt == status.attempt]
@@ -334,10 +350,13 @@ def _step(ctx: _Ctx) -> None:
 
     if st.state == JobState.SUSPENDED:
         # Resume: a fresh attempt (new pod names), from the latest checkpoint; not a restart.
-        _count_suspended_time(ctx)
+        _count_paused_time(ctx, cond.SUSPENDED, "True")
         st.attempt += 1
         ctx.state(JobState.PENDING, "Resumed", f"job resumed as attempt {st.attempt}")
         ctx.set(cond.SUSPENDED, "False", "Resumed", "runPolicy.suspend is false")
+
+    if kueue.queue_name(ctx.job) is not None and not _admitted(ctx, pods):
+        return  # queued: no gang, and the deadline clock does not run
 
     if st.start_time and rp.active_deadline_seconds is not None:
         started = parse_time(st.start_time)
@@ -462,19 +481,107 @@ def _failure(p: PodObservation) -> tuple[str, str]:
     return p.reason or "WorkerFailed", f"worker {p.rank} ({p.name}) failed{_detail(p)}"
 
 
-def _count_suspended_time(ctx: _Ctx) -> None:
-    """On resume: add the suspension that is ending to ``suspendedSeconds`` when the deadline
-    clock was running (the job had started), so activeDeadlineSeconds counts only time not
-    suspended and a resumed job continues its budget where the suspension stopped it."""
+def _count_paused_time(ctx: _Ctx, type_: str, paused: cond.Status) -> None:
+    """On resume or admission: add the pause that is ending (condition ``type_`` in status
+    ``paused`` since its transition: Suspended True, Admitted False) to ``suspendedSeconds``
+    when the deadline clock was running (the job had started), so activeDeadlineSeconds counts
+    only time not suspended or queued, and a resumed job continues its budget where the pause
+    stopped it."""
     st = ctx.status
     started = parse_time(st.start_time)
-    suspended = cond.get_condition(st.conditions, cond.SUSPENDED)
+    suspended = cond.get_condition(st.conditions, type_)
     since = parse_time(suspended.last_transition_time) if suspended is not None else None
-    if started is None or since is None or suspended is None or suspended.status != "True":
+    if started is None or since is None or suspended is None or suspended.status != paused:
         return
     since = max(since, started)
     if ctx.now > since:
         st.suspended_seconds += int((ctx.now - since).total_seconds())
+
+
+def _admitted(ctx: _Ctx, pods: list[PodObservation]) -> bool:
+    """Kueue's gate for a job with a queue name: True when its Workload is admitted (the gang
+    may run; the pods get the flavors, see :func:`_create_gang`). Otherwise the job is Queued:
+    no pod runs (a running gang is stopped gracefully, so the trainer checkpoints, and the
+    next admission starts a new attempt), the Workload is created when missing, and after an
+    eviction the reservation is cleared once no pod is active (:mod:`.kueue`)."""
+    st = ctx.status
+    q = ctx.obs.queue or kueue.QueueObservation()
+    wl = q.workload
+    if wl is not None and wl.is_true(kueue.FINISHED):
+        finished = wl.condition(kueue.FINISHED)
+        detail = f"{finished.reason}: {finished.message}" if finished else ""
+        _fail(
+            ctx, pods, WORKLOAD_FINISHED, f"Kueue declared Workload {wl.name} finished ({detail})"
+        )
+        return False
+    if kueue.admitted(wl):
+        assert wl is not None
+        message = f"Workload {wl.name} admitted by ClusterQueue {wl.cluster_queue}"
+        if st.state == JobState.QUEUED:
+            _count_paused_time(ctx, cond.ADMITTED, "False")
+            ctx.state(JobState.PENDING, "Admitted", message)
+        ctx.set(cond.ADMITTED, "True", "Admitted", message)
+        return True
+    active = [p for p in pods if p.phase in ACTIVE and not p.deleting]
+    if any(p.attempt == st.attempt for p in pods):
+        st.attempt += 1  # the gang of this attempt is being stopped; admission starts a new one
+    ctx.delete_active(pods)
+    reason, message = kueue.waiting_message(ctx.job, q)
+    if wl is None and not q.priority_class_found:
+        reason = "PriorityClassNotFound"
+        message = (
+            f"spec.pod.priorityClassName: PriorityClass {ctx.job.spec.pod.priority_class_name} "
+            "does not exist; the Workload is created once it does"
+        )
+    if active:
+        message = (
+            f"stopping {len(active)} worker pod(s) (SIGTERM: the trainer checkpoints); {message}"
+        )
+    ctx.state(JobState.QUEUED, reason, message)
+    ctx.set(cond.ADMITTED, "False", reason, message)
+    ctx.clear(cond.RUNNING, reason, message)
+    stopping = [p for p in pods if p.phase in ACTIVE]
+    if stopping:
+        ctx.requeue(CONFIRM_SECONDS)
+        return False
+    if wl is None and q.priority_class_found and q.local_queue_found:
+        template = render_pod(
+            ctx.job, namespace=ctx.namespace, uid=ctx.uid, rank=0, attempt=st.attempt
+        )
+        ctx.decision.create.append(
+            kueue.render_workload(
+                ctx.job,
+                namespace=ctx.namespace,
+                uid=ctx.uid,
+                template=template,
+                priority=q.priority,
+            )
+        )
+    elif wl is not None and kueue.needs_requeue(wl):
+        ctx.decision.workload_patch = (wl.name, kueue.requeue_patch(wl, now=ctx.now_s))
+    # Kueue's changes to the Workload wake the job (the operator watches Workloads).
+    ctx.decision.requeue_after = RESYNC_SECONDS
+    return False
+
+
+def _release_workload(ctx: _Ctx) -> None:
+    """A finished job with a queue name: mark its Workload Finished, so Kueue frees the quota;
+    once it is (or the Workload is gone) the Admitted condition says so, and the job needs no
+    more reconciling (:func:`keeps_reconciling`)."""
+    st = ctx.status
+    q = ctx.obs.queue
+    wl = q.workload if q is not None else None
+    done = f"the job {st.state}; its Workload is finished"
+    if wl is None or wl.is_true(kueue.FINISHED):
+        ctx.clear(cond.ADMITTED, WORKLOAD_FINISHED, done)
+        return
+    ctx.decision.workload_patch = (
+        wl.name,
+        kueue.finish_patch(
+            wl, succeeded=st.state == JobState.SUCCEEDED, message=st.message or "", now=ctx.now_s
+        ),
+    )
+    ctx.requeue(CONFIRM_SECONDS)
 
 
 def _detail(p: PodObservation) -> str:
@@ -509,17 +616,22 @@ def _create_gang(ctx: _Ctx, stale: list[PodObservation], missing: list[int]) -> 
     # Infrastructure too, every time a gang is created: create-if-absent makes it cheap, and a
     # half-finished first reconcile (operator killed) heals itself.
     d.create.extend(render_infrastructure(ctx.job, namespace=ctx.namespace, uid=ctx.uid))
+    q = ctx.obs.queue
+    admission = (
+        kueue.pod_set_info(q.workload, q.flavors)
+        if q is not None and q.workload is not None and kueue.queue_name(ctx.job)
+        else None
+    )
     for rank in missing:
-        d.create.append(
-            render_pod(
-                ctx.job,
-                namespace=ctx.namespace,
-                uid=ctx.uid,
-                rank=rank,
-                attempt=st.attempt,
-                disruptions=st.disruptions,
-            )
+        pod = render_pod(
+            ctx.job,
+            namespace=ctx.namespace,
+            uid=ctx.uid,
+            rank=rank,
+            attempt=st.attempt,
+            disruptions=st.disruptions,
         )
+        d.create.append(kueue.inject(pod, admission) if admission is not None else pod)
     d.queue_wait_seconds = waited
     n = ctx.job.spec.distributed.nodes
     ctx.set(
@@ -609,8 +721,11 @@ def _forming_or_running(ctx: _Ctx, current: list[PodObservation]) -> None:
             # Held by a queue (Kueue's pod integration): waiting for admission is not a
             # startup failure, so the startup clock does not run.
             gated = True
-            reason = "Queued"
-            message = f"{len(up)}/{n} workers running; worker {p.rank} waits for admission"
+            reason = "SchedulingGated"
+            message = (
+                f"{len(up)}/{n} workers running; worker {p.rank} is held by a scheduling gate "
+                "(a Kueue pod group waiting for admission)"
+            )
             break
         if p.reason in IMAGE_PROBLEMS:
             reason, message = (
@@ -630,7 +745,7 @@ def _forming_or_running(ctx: _Ctx, current: list[PodObservation]) -> None:
                 f"{len(up)}/{n} workers running; worker {p.rank} cannot be scheduled: {p.message}"
             )
             break
-    ctx.state(JobState.PENDING, reason, message)
+    ctx.state(JobState.QUEUED if gated else JobState.PENDING, reason, message)
     if gated:
         return
     created = [p.created for p in current if p.created is not None]

@@ -4,8 +4,8 @@ Decorators only; each hands off to a module that does the work:
 
 - one daemon per FineTuneJob runs :meth:`.reconciler.Reconciler.run_job` (observe, decide,
   apply, one status patch, Events);
-- watches on the worker pods, the progress ConfigMaps and the nodes feed :mod:`.store` and
-  wake the owning job's daemon (no per-event API calls);
+- watches on the worker pods, the progress ConfigMaps, the nodes and Kueue's Workloads feed
+  :mod:`.store` and wake the owning job's daemon (no per-event API calls);
 - a spec change (suspend, runPolicy) wakes the daemon too; finished jobs with nothing left to
   do have no daemon (and so no finalizer);
 - start-up applies :mod:`.settings`, builds the API client, serves /metrics; kopf's own
@@ -22,7 +22,7 @@ from kubernetes import client, config
 
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
-from kubegraft_operator import metrics, settings
+from kubegraft_operator import kueue, metrics, settings
 from kubegraft_operator.apply import Api
 from kubegraft_operator.decide import keeps_reconciling
 from kubegraft_operator.reconciler import Reconciler
@@ -121,6 +121,15 @@ async def pod_event(*, body: kopf.Body, type: str, **_: Any) -> None:
 async def progress_event(*, body: kopf.Body, type: str, **_: Any) -> None:
     """Cache rank 0's progress report and wake its job."""
     key = STORE.put_progress(dict(body), deleted=type == "DELETED")
+    if key is not None:
+        STORE.wake(key)
+
+
+@kopf.on.event(kueue.GROUP, kueue.VERSION, "workloads", labels={LABEL_JOB_NAME: kopf.PRESENT})
+async def workload_event(*, body: kopf.Body, type: str, **_: Any) -> None:
+    """Cache a FineTuneJob's Kueue Workload (admitted, evicted, ...) and wake its job. Without
+    Kueue's CRDs kopf serves nothing here (and picks the resource up once they appear)."""
+    key = STORE.put_workload(dict(body), deleted=type == "DELETED")
     if key is not None:
         STORE.wake(key)
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from kubegraft.constants import LABEL_ATTEMPT, LABEL_NODE_RANK
 from kubegraft.progress import CONFIGMAP_KEY, ProgressReport
+from kubegraft_operator.kueue import QueueObservation
 
 IMAGE_PROBLEMS = frozenset(
     {
@@ -106,6 +107,8 @@ class Observation:
     output_claim: ClaimObservation | None = None
     """spec.output.persistentVolumeClaim, read by the shell only when a gang is about to be
     created (see :func:`.decide.claim_to_check`); None when it was not read."""
+    queue: QueueObservation | None = None
+    """Kueue's objects for a job with a queue name (:mod:`.kueue`); None for other jobs."""
 
 
 def parse_time(value: str | None) -> datetime | None:

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
 from kubegraft.constants import LABEL_COMPONENT
 from kubegraft_operator import conditions as cond
-from kubegraft_operator import metrics, settings
+from kubegraft_operator import kueue, metrics, settings
 from kubegraft_operator.apply import Api, merge_patch
 from kubegraft_operator.decide import CONFIRM_SECONDS, Decision, Event, claim_to_check, decide
 from kubegraft_operator.observe import (
@@ -67,6 +67,8 @@ class Outcome:
     deleted: bool = False
     pods: list[Obj] = field(default_factory=list)
     """Pods as the API answered our creates/deletes, to feed into the cache at once."""
+    workloads: list[Obj] = field(default_factory=list)
+    """The Kueue Workload as the API answered our create or status patch, likewise."""
 
 
 def _clean_status(raw: Mapping[str, Any] | None) -> Obj:
@@ -146,8 +148,11 @@ class Reconciler:
             observed = dataclasses.replace(
                 observed, output_claim=observe_claim(claim, self.api.get_claim(ns, claim))
             )
+        if kueue.queue_name(job) is not None:
+            observed = dataclasses.replace(observed, queue=self._observe_queue(job, observed))
         decision = decide(job, observed, now)
-        pods = self._apply(decision, ns)
+        workloads: list[Obj] = []
+        pods = self._apply(decision, ns, workloads)
         written = self._write_status(ns, name, raw, decision.status)
         if decision.gang_restart_reason:
             metrics.GANG_RESTARTS.labels(reason=decision.gang_restart_reason).inc()
@@ -158,6 +163,9 @@ class Reconciler:
         state = decision.status.state
         requeue = decision.requeue_after
         uid = meta.get("uid")
+        if decision.workload_patch is not None and not workloads:
+            # 409: Kueue changed the Workload meanwhile; its watch event brings the new one.
+            requeue = CONFIRM_SECONDS if requeue is None else min(requeue, CONFIRM_SECONDS)
         if uid and any(controller_uid(p.get("metadata") or {}) != uid for p in pods):
             # A create found a pod of an earlier job of this name (the cache did not know it):
             # the next pass, with it in the cache, says so and waits for it.
@@ -169,9 +177,57 @@ class Reconciler:
             state=str(state) if state else None,
             deleted=decision.delete_job,
             pods=pods,
+            workloads=workloads,
         )
 
-    def _apply(self, decision: Decision, ns: str) -> list[Obj]:
+    def _observe_queue(self, job: FineTuneJob, observed: Observation) -> kueue.QueueObservation:
+        """Kueue's objects the contract needs in this pass: the Workload when the watch cache
+        has none, the LocalQueue while the job waits (the ClusterQueue to name), the
+        PriorityClass before the Workload is created (its value), the admitted flavors before a
+        gang starts."""
+        q = observed.queue or kueue.QueueObservation()
+        status = job.status or FineTuneJobStatus()
+        ns = job.metadata.namespace or "default"
+        if q.workload is None:
+            # Not (yet) in the watch cache, e.g. right after an operator restart: a finished
+            # job must not conclude that there is no Workload to mark Finished.
+            uid = str((job.metadata.model_extra or {}).get("uid") or "")
+            raw = self.api.get_workload(ns, kueue.workload_name(job.metadata.name, uid))
+            if raw is not None:
+                q = dataclasses.replace(q, workload=kueue.observe_workload(raw))
+        if status.state in (JobState.SUCCEEDED, JobState.FAILED):
+            return q
+        wl = q.workload
+        if not kueue.admitted(wl):
+            lq = self.api.get_local_queue(ns, kueue.queue_name(job) or "")
+            q = dataclasses.replace(
+                q,
+                local_queue_found=lq is not None,
+                cluster_queue=((lq or {}).get("spec") or {}).get("clusterQueue"),
+            )
+            pc_name = job.spec.pod.priority_class_name
+            if wl is None and pc_name:
+                pc = self.api.get_cluster_object(
+                    f"/apis/scheduling.k8s.io/v1/priorityclasses/{pc_name}"
+                )
+                q = dataclasses.replace(
+                    q,
+                    priority_class_found=pc is not None,
+                    priority=None if pc is None else int(pc.get("value", 0)),
+                )
+            return q
+        ranks = {p.rank for p in observed.pods if p.attempt == status.attempt}
+        if len(ranks) < job.spec.distributed.nodes:  # a gang may be created: its flavors
+            flavors = {}
+            for name in kueue.assigned_flavors(wl):
+                raw = self.api.get_cluster_object(
+                    f"/apis/{kueue.API_VERSION}/resourceflavors/{name}"
+                )
+                flavors[name] = kueue.observe_flavor(raw or {})
+            q = dataclasses.replace(q, flavors=flavors)
+        return q
+
+    def _apply(self, decision: Decision, ns: str, workloads: list[Obj]) -> list[Obj]:
         """Deletes first (a restart frees GPUs), then the creates in two parallel waves;
         returns the pods the API answered with.
 
@@ -189,6 +245,10 @@ class Reconciler:
             gone = self.api.delete_pod(ns, pod_name, force=force)
             if gone is not None:
                 pods.append(gone)
+        if decision.workload_patch is not None:
+            patched = self.api.patch_workload_status(ns, *decision.workload_patch)
+            if patched is not None:
+                workloads.append(patched)
         first = [o for o in decision.create if _before_pods(o)]
         second = [o for o in decision.create if not _before_pods(o)]
         second.sort(key=lambda o: o["kind"] != "Pod")  # stable: pods first, in rank order
@@ -198,6 +258,8 @@ class Reconciler:
                 # of the same name): either way the cache must know it at once.
                 if obj["kind"] == "Pod":
                     pods.append(answer)
+                elif obj["kind"] == "Workload":
+                    workloads.append(answer)
         return pods
 
     def _create_wave(self, decision: Decision, wave: list[Obj]) -> list[tuple[Obj, Obj]]:
@@ -346,11 +408,16 @@ class Reconciler:
         pool = self.starter if not raw.get("status") else self.executor
         # The job's own pods and report only: matched by our UID, not by the name label.
         uid = (raw.get("metadata") or {}).get("uid")
+        observed = self.store.observation(key, uid)
+        if (wl := self.store.workload(key, uid)) is not None:
+            observed = dataclasses.replace(observed, queue=kueue.QueueObservation(workload=wl))
         outcome = await asyncio.get_running_loop().run_in_executor(
-            pool, self.reconcile_once, raw, self.store.observation(key, uid), datetime.now(UTC)
+            pool, self.reconcile_once, raw, observed, datetime.now(UTC)
         )
         for pod in outcome.pods:
             self.store.put_pod(pod)
+        for workload in outcome.workloads:
+            self.store.put_workload(workload)
         _post_events(live_body, outcome.events)
         metrics.set_job_state(key, outcome.state)
         return outcome

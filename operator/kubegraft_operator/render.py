@@ -419,7 +419,9 @@ def render_pod(
     if p.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in p.image_pull_secrets]
     annotations = {**(SCRAPE_ANNOTATIONS if rank == 0 else {}), **p.annotations}
-    if KUEUE_QUEUE_LABEL in labels:
+    # A job with a queue name of its own is admitted through its Workload (.kueue), not as a
+    # pod group.
+    if KUEUE_QUEUE_LABEL in labels and KUEUE_QUEUE_LABEL not in _job_labels(job):
         labels[KUEUE_POD_GROUP_LABEL] = f"{name}-a{attempt}"
         annotations[KUEUE_POD_GROUP_COUNT] = str(spec.distributed.nodes)
     metadata: Obj = {
@@ -431,6 +433,10 @@ def render_pod(
     if annotations:
         metadata["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def _job_labels(job: FineTuneJob) -> dict[str, str]:
+    return dict((job.metadata.model_extra or {}).get("labels") or {})
 
 
 def render_infrastructure(job: FineTuneJob, *, namespace: str, uid: str) -> list[Obj]:

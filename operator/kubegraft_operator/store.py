@@ -26,6 +26,7 @@ from typing import Any
 
 from kubegraft.constants import LABEL_ATTEMPT, LABEL_JOB_NAME, LABEL_NODE_RANK
 from kubegraft.progress import CONFIGMAP_KEY, ProgressReport
+from kubegraft_operator.kueue import WorkloadObservation, observe_workload
 from kubegraft_operator.observe import (
     Observation,
     controller_uid,
@@ -125,6 +126,17 @@ def slim_progress(obj: Mapping[str, Any]) -> Obj:
     }
 
 
+def slim_workload(obj: Mapping[str, Any]) -> Obj:
+    """A Workload reduced to what :func:`.kueue.observe_workload` reads."""
+    meta = obj.get("metadata") or {}
+    slim_meta = _slim_meta(meta)
+    slim_meta.update(_pick(meta, ("generation",)))
+    return {
+        "metadata": slim_meta,
+        "status": _pick(obj.get("status") or {}, ("conditions", "admission", "admissionChecks")),
+    }
+
+
 def job_key(obj: Mapping[str, Any]) -> Key | None:
     """The job name a labelled object is filed under, or None. Several jobs may have had that
     name (deleted and recreated): :meth:`Store.observation` tells them apart by owner UID."""
@@ -140,6 +152,8 @@ class Store:
 
     pods: dict[Key, dict[str, Obj]] = field(default_factory=dict)
     progress: dict[Key, Obj] = field(default_factory=dict)
+    workloads: dict[Key, Obj] = field(default_factory=dict)
+    """Kueue Workloads of jobs with a queue name (:mod:`.kueue`), by the job they are for."""
     not_ready_nodes: set[str] = field(default_factory=set)
     wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
     tombstones: dict[str, None] = field(default_factory=dict)
@@ -165,6 +179,7 @@ class Store:
         self.wakeups.pop(key, None)
         self.pods.pop(key, None)
         self.progress.pop(key, None)
+        self.workloads.pop(key, None)
 
     # -------------------------------------------------------------------- pods
     def put_pod(self, pod: Obj, *, deleted: bool = False) -> Key | None:
@@ -218,6 +233,27 @@ class Store:
         elif newer_or_equal(config_map, self.progress.get(key)):
             self.progress[key] = slim_progress(config_map)
         return key
+
+    # --------------------------------------------------------------- workloads
+    def put_workload(self, workload: Obj, *, deleted: bool = False) -> Key | None:
+        """Record a Kueue Workload (watch event or API answer); returns its job key."""
+        key = job_key(workload)
+        if key is None:
+            return None
+        cached = self.workloads.get(key)
+        if deleted:
+            if cached is not None and _uid(cached) in (None, _uid(workload)):
+                del self.workloads[key]
+        elif newer_or_equal(workload, cached):
+            self.workloads[key] = slim_workload(workload)
+        return key
+
+    def workload(self, key: Key, uid: str | None) -> WorkloadObservation | None:
+        """The cached Workload of the job whose UID is ``uid`` (not a predecessor's)."""
+        raw = self.workloads.get(key)
+        if raw is None or (uid and controller_uid(raw["metadata"]) != uid):
+            return None
+        return observe_workload(raw)
 
     # ------------------------------------------------------------------- nodes
     def put_node(self, node: Obj, *, deleted: bool = False) -> list[Key]:

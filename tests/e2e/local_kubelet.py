@@ -58,7 +58,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -308,7 +308,10 @@ class LocalKubelet:
         with self._lock:
             local = self.pods.get(name)
         if type_ == "DELETED" or meta.get("deletionTimestamp"):
-            if local is not None and local.uid == meta.get("uid"):
+            # The first deletion's grace period counts: kwok's pod-delete Stage then removes
+            # the pod at once (grace 0), which a real kubelet would not do before the
+            # containers exit, and which must not cut the trainer's checkpoint save short.
+            if local is not None and local.uid == meta.get("uid") and not local.terminate.is_set():
                 grace = meta.get("deletionGracePeriodSeconds")
                 local.grace = min(
                     float(grace if grace is not None else self.max_grace), self.max_grace
@@ -636,3 +639,32 @@ def ca_file_from_kubeconfig(kubeconfig: Path) -> Path:
     out = kubeconfig.with_name("ca-from-kubeconfig.crt")
     out.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
     return out
+
+
+@contextlib.contextmanager
+def repo_kubelet(
+    api_client: client.ApiClient,
+    server: str,
+    kubeconfig: Path,
+    namespace: str,
+    tmp_path: Path,
+    **options: Any,
+) -> Iterator[LocalKubelet]:
+    """The e2e tests' local kubelet: runs this checkout's trainer (on PYTHONPATH), maps the
+    output volume to ``tmp_path/output`` (shared by the ranks), prints each pod's last log
+    lines at the end and fails on any error it met. ``options`` go to :class:`LocalKubelet`."""
+    root = Path(__file__).resolve().parents[2]
+    with LocalKubelet(
+        api_client,
+        namespace,
+        tmp_path / "kubelet",
+        server=server,
+        ca_file=ca_file_from_kubeconfig(kubeconfig),
+        host_dirs={"output": tmp_path / "output"},
+        extra_pythonpath=(str(root), str(root / "operator"), str(root / "trainer")),
+        **options,
+    ) as k:
+        yield k
+        for name, pod in sorted(k.pods.items()):
+            print(f"----- {name} (last lines)\n{pod.logs()[-2500:]}")
+    assert not k.errors, k.errors

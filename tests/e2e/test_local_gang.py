@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from local_kubelet import LocalKubelet, ca_file_from_kubeconfig, free_port
+from local_kubelet import LocalKubelet, free_port, repo_kubelet
 from operator_harness import (
     Kube,
     OperatorProcess,
@@ -57,20 +57,14 @@ def operator(op_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[Op
 @pytest.fixture
 def kubelet(cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path) -> Iterator[LocalKubelet]:
     """The local kubelet for the test's namespace; the output volume is one shared tmp dir."""
-    root = repo_root()
-    with LocalKubelet(
+    with repo_kubelet(
         kube.api_client,  # type: ignore[arg-type]
+        cluster.server,
+        cluster.kubeconfig,
         namespace,
-        tmp_path / "kubelet",
-        server=cluster.server,
-        ca_file=ca_file_from_kubeconfig(cluster.kubeconfig),
-        host_dirs={"output": tmp_path / "output"},
-        extra_pythonpath=(str(root), str(root / "operator"), str(root / "trainer")),
+        tmp_path,
     ) as k:
         yield k
-        for name, pod in sorted(k.pods.items()):
-            print(f"----- {name} (last lines)\n{pod.logs()[-2500:]}")
-    assert not k.errors, k.errors
 
 
 def quickstart_job(

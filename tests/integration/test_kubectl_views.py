@@ -16,7 +16,17 @@ pytestmark = pytest.mark.integration
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 DEFAULT_COLUMNS = ["NAMESPACE", "NAME", "STATE", "NODES", "PROGRESS", "METRIC", "LOSS", "AGE"]
-WIDE_COLUMNS = ["TASK", "FREEZE", "STRATEGY", "RESTARTS", "DISRUPTIONS", "ETA", "MODEL"]
+WIDE_COLUMNS = [
+    "TASK",
+    "FREEZE",
+    "STRATEGY",
+    "RESTARTS",
+    "DISRUPTIONS",
+    "QUEUE",
+    "REASON",
+    "ETA",
+    "MODEL",
+]
 
 
 def names(paths: list[Path]) -> list[str]:

@@ -107,7 +107,14 @@ def test_readme_lists_every_value() -> None:
 
 def test_rbac_rules_are_least_privilege_and_scoped_right() -> None:
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
-    cluster_scoped = {"nodes", "namespaces", "customresourcedefinitions", "clusterkopfpeerings"}
+    cluster_scoped = {
+        "nodes",
+        "namespaces",
+        "customresourcedefinitions",
+        "clusterkopfpeerings",
+        "resourceflavors",
+        "priorityclasses",
+    }
     for section, items in rules.items():
         for rule in items:
             assert "*" not in rule["verbs"], rule

@@ -183,6 +183,8 @@ def test_printer_columns(generated: dict[str, Any], root: dict[str, Any]) -> Non
         "STRATEGY",
         "RESTARTS",
         "DISRUPTIONS",
+        "QUEUE",
+        "REASON",
         "ETA",
         "MODEL",
     ]

@@ -276,7 +276,7 @@ def test_pods_held_by_a_queue_are_queued_without_a_startup_timeout() -> None:
     job, _ = step(make_job())
     gated = tuple(pod(r, "Pending", reason="SchedulingGated") for r in range(2))
     _, d = step(job, gated, T0 + timedelta(seconds=600))
-    assert (d.status.state, d.status.reason) == (JobState.PENDING, "Queued")
+    assert (d.status.state, d.status.reason) == (JobState.QUEUED, "SchedulingGated")
     assert d.delete_pods == []
 
 
