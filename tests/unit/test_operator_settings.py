@@ -17,7 +17,8 @@ def test_no_change_handlers_so_no_diff_base_is_needed() -> None:
     registry = kopf.get_default_registry()
     assert list(registry._changing.get_all_handlers()) == []
     assert [h.id for h in registry._spawning.get_all_handlers()] == ["reconcile"]
-    assert len(list(registry._watching.get_all_handlers())) == 4
+    # the jobs, their pods and ConfigMaps, Kueue's Workloads, the nodes
+    assert len(list(registry._watching.get_all_handlers())) == 5
 
 
 def test_configure_uses_our_storages_and_a_distinct_peering_priority() -> None:
