@@ -19,7 +19,6 @@ Runs in worker threads (the kubernetes client's transport is synchronous); the a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import quote
@@ -29,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
-from kubegraft_operator import metrics, names
+from kubegraft_operator import codec, metrics, names
 from kubegraft_operator.observe import controller_uid
 from kubegraft_operator.render import COMPONENT_CONFIG, COMPONENT_WORKER
 
@@ -154,7 +153,7 @@ class Api:
             metrics.API_ERRORS.labels(operation=operation, code=str(resp.status)).inc()
             text = data.decode("utf-8", "replace") if data else None
             raise ApiException.from_response(http_resp=resp, body=text, data=None)
-        return cast(Obj, json.loads(data)) if data else {}
+        return cast(Obj, codec.loads(data)) if data else {}
 
     # ------------------------------------------------------------------ reads
     def list_job_pods(self, namespace: str, job: str) -> list[Obj]:

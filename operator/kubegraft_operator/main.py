@@ -22,7 +22,7 @@ from kubernetes import client, config
 
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
-from kubegraft_operator import metrics, settings
+from kubegraft_operator import codec, metrics, settings
 from kubegraft_operator.apply import Api
 from kubegraft_operator.decide import keeps_reconciling
 from kubegraft_operator.reconciler import Reconciler
@@ -51,6 +51,7 @@ def startup(*, settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> Non
     from kubegraft_operator import settings as our_settings
 
     our_settings.configure(settings)
+    codec.use_for_kopf_watches()
     _state["reconciler"] = Reconciler(Api(_api_client()), STORE)
     port = metrics.serve()
     logger.info(
