@@ -623,8 +623,21 @@ def install_peer(cluster: devcluster.Cluster, work_dir: Path) -> tuple[Path, Pat
         "-f",
         str(built / "kubeflow.org_pytorchjobs.yaml"),
     )
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/pytorchjobs.kubeflow.org"
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    wait_until(
+        "the PyTorchJob CRD Established",
+        lambda: (
+            cluster.kubectl(
+                "get",
+                "crd",
+                "pytorchjobs.kubeflow.org",
+                "-o",
+                f"jsonpath={established}",
+                check=False,
+            ).stdout.strip()
+            == "True"
+        ),
+        60,
     )
     cluster.kubectl("create", "namespace", PEER_NAMESPACE, check=False)
     cluster.kubectl(
