@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import signal
-import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from local_kubelet import LocalKubelet, ca_file_from_kubeconfig, free_port
 from operator_harness import (
     Kube,
     OperatorProcess,
-    patch_progress,
     repo_root,
     wait_for,
 )
@@ -149,7 +147,7 @@ def test_quickstart_gang_runs_on_local_processes_and_succeeds(
     assert done["state"] == "Succeeded", done
     assert (done["reason"], done["restarts"], done["attempt"]) == ("Completed", 0, 0)
 
-    # Progress and metrics reached the status through rank 0's ConfigMap reports.
+    # Progress and metrics reached the status through rank 0's reports to the operator.
     progress, metrics = done["progress"], done["metrics"]
     assert progress["step"] == progress["totalSteps"] == steps
     assert progress["percent"] == 100
@@ -178,27 +176,16 @@ def test_quickstart_gang_runs_on_local_processes_and_succeeds(
     assert (cells["STATE"], cells["PROGRESS"]) == ("Succeeded", "100%"), (header, row)
     assert cells["METRIC"] == metrics["display"], (header, row)
 
-    # The RBAC is real: the job's ServiceAccount token may patch its progress ConfigMap (here
-    # with the report that is already there) and nothing else, not even the job's config.
-    done_report = (kube.core.read_namespaced_config_map("qs-progress", namespace).data or {})[
-        "progress.json"
-    ]
-    token = kubelet._token_env(kubelet.pods["qs-worker-0-a0"], "qs-worker")
-    monkeypatch.setenv("KUBEGRAFT_CA_FILE", token["KUBEGRAFT_CA_FILE"])
-    patch_progress(
-        f"{namespace}/qs-progress",
-        done_report,
-        api=token["KUBEGRAFT_API_SERVER"],
-        token=token["KUBEGRAFT_API_TOKEN"],
-    )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        patch_progress(
-            f"{namespace}/qs-config",
-            "{}",
-            api=token["KUBEGRAFT_API_SERVER"],
-            token=token["KUBEGRAFT_API_TOKEN"],
-        )
-    assert refused.value.code == 403
+    # The reports came to the operator's endpoint with rank 0's pod-bound token: no per-job
+    # ServiceAccount, Role, RoleBinding or progress ConfigMap, and no API token in any pod.
+    rank0 = kube.core.read_namespaced_pod("qs-worker-0-a0", namespace)
+    assert rank0.spec.automount_service_account_token is False
+    assert [v.name for v in rank0.spec.volumes if v.projected] == ["kubegraft-progress-token"]
+    accounts = kube.core.list_namespaced_service_account(namespace).items
+    assert [a.metadata.name for a in accounts] == ["default"]
+    assert not kube.core.list_namespaced_config_map(
+        namespace, label_selector="kubegraft.io/component=progress"
+    ).items
 
 
 def test_killed_worker_restarts_the_gang_from_the_checkpoint_and_succeeds(

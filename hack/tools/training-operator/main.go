@@ -23,6 +23,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	kubeflowv1 "github.com/kubeflow/training-operator/pkg/apis/kubeflow.org/v1"
+	"github.com/kubeflow/training-operator/pkg/config"
 	controllerv1 "github.com/kubeflow/training-operator/pkg/controller.v1"
 	"github.com/kubeflow/training-operator/pkg/controller.v1/common"
 )
@@ -37,6 +38,11 @@ func main() {
 	flag.IntVar(&threads, "controller-threads", 1, "reconcile workers (upstream's default: 1)")
 	flag.Float64Var(&qps, "kube-api-qps", 0, "client QPS (0: controller-runtime's default, 20)")
 	flag.IntVar(&burst, "kube-api-burst", 0, "client burst (0: controller-runtime's default, 30)")
+	// Upstream's flags for the workers' init container (it waits for the master's DNS name),
+	// with upstream's defaults.
+	config.Config.PyTorchInitContainerImage = config.PyTorchInitContainerImageDefault
+	config.Config.PyTorchInitContainerTemplateFile = config.PyTorchInitContainerTemplateFileDefault
+	config.Config.PyTorchInitContainerMaxTries = config.PyTorchInitContainerMaxTriesDefault
 	opts := zap.Options{Development: false, StacktraceLevel: zapcore.DPanicLevel}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
