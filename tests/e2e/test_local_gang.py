@@ -7,7 +7,7 @@ Running, but nothing would execute them. :mod:`local_kubelet` does: it takes eac
 operator created, runs the pod's own container command and environment as a local process
 (rank 0's DNS name mapped to 127.0.0.1, the config ConfigMap written to a local file, the
 output volume a tmp dir both ranks share, a TokenRequest token of the job's ServiceAccount for
-the progress ConfigMap), and reports the process's exit back through the pod's status
+the projected progress token), and reports the process's exit back through the pod's status
 subresource (phase, terminated exit code), as a kubelet would.
 
 The job is the quickstart (examples/quickstart.yaml: a frozen all-MiniLM-L6-v2 with a new

@@ -325,15 +325,11 @@ SA_NEEDS = [
     ("update", "finetunejobs.kubegraft.io --subresource=finalizers"),
     ("create", "configmaps"),
     ("create", "services"),
-    ("create", "serviceaccounts"),
-    ("create", "roles"),
-    ("create", "rolebindings"),
     ("get", "persistentvolumeclaims"),
     ("create", "events"),
     # a predecessor's leftovers of the same name (create_if_absent deletes them by UID)
     ("delete", "configmaps"),
     ("delete", "services"),
-    ("delete", "rolebindings"),
 ]
 SA_MUST_NOT = [
     ("get", "secrets"),
@@ -345,6 +341,10 @@ SA_MUST_NOT = [
     ("patch", "persistentvolumeclaims"),
     ("escalate", "roles"),
     ("bind", "roles"),
+    # rank 0 reports progress with a pod-bound token: no per-job identities or grants
+    ("create", "serviceaccounts"),
+    ("create", "roles"),
+    ("create", "rolebindings"),
 ]
 
 
