@@ -6,9 +6,9 @@ kube-apiserver with RBAC, controller-manager, scheduler) and kwok marks the sche
 Running, but nothing would execute them. :mod:`local_kubelet` does: it takes each pod the
 operator created, runs the pod's own container command and environment as a local process
 (rank 0's DNS name mapped to 127.0.0.1, the config ConfigMap written to a local file, the
-output volume a tmp dir both ranks share, a TokenRequest token of the job's ServiceAccount for
-the projected progress token), and reports the process's exit back through the pod's status
-subresource (phase, terminated exit code), as a kubelet would.
+output volume a tmp dir both ranks share, a pod-bound TokenRequest token of the progress
+audience in the projected token volume), and reports the process's exit back through the
+pod's status subresource (phase, terminated exit code), as a kubelet would.
 
 The job is the quickstart (examples/quickstart.yaml: a frozen all-MiniLM-L6-v2 with a new
 head on the kaomoji data set) shrunk to a couple of dozen steps on 200 examples, with
