@@ -473,8 +473,8 @@ KUBEFLOW_TUNED = Controller("kubeflow-tuned", "kubeflow", threads=8, qps=500, bu
 """The peer with threads and client QPS raised (a main of our own: v1.8.1 has no QPS flag)."""
 
 WORK = {
-    "operator": "FineTuneJob: 4 pods, a headless Service, config and progress objects, status"
-    " writes, Events; Running = all 4 pods Running",
+    "operator": "FineTuneJob: 4 pods, one headless Service, one config ConfigMap, status"
+    " writes, Events, kopf's finalizer; Running = all 4 pods Running",
     "floor": "the same 4 pods only (no Service, status or Events); no Running",
     "kubeflow": "PyTorchJob 1 master + 3 workers: 4 pods (workers with an init container),"
     " one Service per pod, status and Events; Running = the master pod runs",
