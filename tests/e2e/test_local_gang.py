@@ -18,7 +18,6 @@ nodes = 2 and one process per node.
 from __future__ import annotations
 
 import copy
-import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,14 +208,14 @@ def test_killed_worker_restarts_the_gang_from_the_checkpoint_and_succeeds(
     def checkpointed() -> tuple[int, int] | None:
         """(rank 0's reported step, latest complete checkpoint's step) once both are > 0."""
         kubelet.check()
-        if kube.status(namespace, "kill").get("state") != "Running":
+        st = kube.status(namespace, "kill")
+        if st.get("state") != "Running":
             return None
-        cm = kube.core.read_namespaced_config_map("kill-progress", namespace)
-        step = int(json.loads((cm.data or {}).get("progress.json") or "{}").get("step", 0))
+        step = int((st.get("progress") or {}).get("step") or 0)
         saved = latest_checkpoint(output / "checkpoints")
         return (step, list_checkpoints(output / "checkpoints")[-1][0]) if step and saved else None
 
-    # Rank 0's own progress report (the ConfigMap it patches), fresher than the folded status.
+    # Rank 0's progress as the operator folded it from its reports.
     step, saved_step = wait_for(
         checkpointed, RUN_TIMEOUT, interval=0.2, message="step + checkpoint"
     )
