@@ -254,10 +254,18 @@ def _can_i(cluster: Cluster, sa: str, verb: str, what: str, where: str) -> bool:
 def _chart_operator_env(
     cluster: Cluster, namespace: str, name: str
 ) -> tuple[list[str], dict[str, str]]:
-    """The installed Deployment's operator arguments and plain environment."""
+    """The installed Deployment's operator arguments and plain environment, less the progress
+    endpoint's certificate and URL: a local process has no Secret volume and listens on
+    127.0.0.1 (the harness gives it a test certificate for that)."""
     dep = cluster.kubectl_json("get", "deployment", name, "-n", namespace)
     c = dep["spec"]["template"]["spec"]["containers"][0]
-    return list(c["args"]), {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    local = {
+        "KUBEGRAFT_PROGRESS_TLS_DIR",
+        "KUBEGRAFT_PROGRESS_PORT",
+        "KUBEGRAFT_OPERATOR_PROGRESS_URL",
+    }
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e and e["name"] not in local}
+    return list(c["args"]), env
 
 
 @pytest.fixture
