@@ -133,6 +133,10 @@ class RoundResult:
     reconcile_mean_ms: float
     floor: bool = False
     """A round of the floor controller (pods only), not of the operator."""
+    controller: str = "operator"
+    """The row: operator, floor, kubeflow (the peer's defaults) or kubeflow-tuned."""
+    load_average: float = math.nan
+    """The machine's 1-minute load average at the end of the round."""
 
     @property
     def complete(self) -> bool:
@@ -236,13 +240,50 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 # ----------------------------------------------------------------------------- watching
-class Recorder:
-    """Watches a namespace's pods and FineTuneJobs and stamps when each milestone was seen."""
+@dataclass(frozen=True)
+class JobKind:
+    """What a controller's jobs are: their API, the pod label naming the job, and when a job
+    counts as having a status and as Running."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    group: str
+    version: str
+    plural: str
+    pod_job_label: str
+    has_status: Callable[[dict[str, Any]], bool]
+    is_running: Callable[[dict[str, Any]], bool]
+
+
+def _condition_true(job: dict[str, Any], type_: str) -> bool:
+    conds = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in conds)
+
+
+FINETUNEJOB = JobKind(
+    GROUP,
+    VERSION,
+    PLURAL,
+    "kubegraft.io/job-name",
+    lambda j: bool((j.get("status") or {}).get("state")),
+    lambda j: (j.get("status") or {}).get("state") == "Running",
+)
+PYTORCHJOB = JobKind(
+    "kubeflow.org",
+    "v1",
+    "pytorchjobs",
+    "training.kubeflow.org/job-name",
+    lambda j: bool((j.get("status") or {}).get("conditions")),
+    lambda j: _condition_true(j, "Running"),  # the peer's Running: the master pod runs
+)
+
+
+class Recorder:
+    """Watches a namespace's pods and jobs and stamps when each milestone was seen."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, kind: JobKind = FINETUNEJOB) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.namespace = namespace
+        self.kind = kind
         self.pod_seen: dict[str, float] = {}
         self.pod_running: dict[str, float] = {}
         self.pods_of: dict[str, set[str]] = defaultdict(set)
@@ -257,14 +298,15 @@ class Recorder:
     def start(self) -> None:
         pod_list = self.core.list_namespaced_pod(self.namespace, limit=1)
         pods_rv = pod_list.metadata.resource_version if pod_list.metadata else None
+        k = self.kind
         jobs: Any = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, limit=1
+            k.group, k.version, self.namespace, k.plural, limit=1
         )
         jobs_rv = jobs["metadata"]["resourceVersion"]
         pods = (self.core.list_namespaced_pod, (self.namespace,), self._on_pod, pods_rv)
         ftjs = (
             self.custom.list_namespaced_custom_object,
-            (GROUP, VERSION, self.namespace, PLURAL),
+            (k.group, k.version, self.namespace, k.plural),
             self._on_job,
             jobs_rv,
         )
@@ -312,7 +354,7 @@ class Recorder:
     def _on_pod(self, type_: str, pod: dict[str, Any]) -> None:
         now = time.monotonic()
         meta = pod["metadata"]
-        name, job = meta["name"], (meta.get("labels") or {}).get("kubegraft.io/job-name")
+        name, job = meta["name"], (meta.get("labels") or {}).get(self.kind.pod_job_label)
         if not job:
             return
         with self.lock:
@@ -324,11 +366,11 @@ class Recorder:
     def _on_job(self, type_: str, job: dict[str, Any]) -> None:
         now = time.monotonic()
         name = job["metadata"]["name"]
-        state = (job.get("status") or {}).get("state")
+        has_status, running = self.kind.has_status(job), self.kind.is_running(job)
         with self.lock:
-            if state:
+            if has_status:
                 self.job_first_status.setdefault(name, now)
-            if state == "Running":
+            if running:
                 self.job_running.setdefault(name, now)
 
     def all_pods_at(self, job: str) -> float | None:
@@ -401,6 +443,49 @@ def _idle(frame: str) -> bool:
     )
 
 
+# ----------------------------------------------------------------------------- controllers
+@dataclass(frozen=True)
+class Controller:
+    """One row kind of the table: who turns the burst of jobs into pods."""
+
+    name: str
+    kind: str
+    """``kubegraft`` (the operator), ``floor`` (bench/floor_controller.py) or ``kubeflow``
+    (Kubeflow's training-operator, PyTorchJobs)."""
+    threads: int | None = None
+    qps: float | None = None
+    burst: int | None = None
+
+    @property
+    def job_kind(self) -> JobKind:
+        return PYTORCHJOB if self.kind == "kubeflow" else FINETUNEJOB
+
+    @property
+    def waits_for_running(self) -> bool:
+        return self.kind != "floor"
+
+
+OPERATOR = Controller("operator", "kubegraft")
+FLOOR = Controller("floor", "floor")
+KUBEFLOW_DEFAULTS = Controller("kubeflow", "kubeflow", threads=1)
+"""The peer as users get it: one reconcile thread, controller-runtime's client QPS 20 / 30."""
+KUBEFLOW_TUNED = Controller("kubeflow-tuned", "kubeflow", threads=8, qps=500, burst=1000)
+"""The peer with threads and client QPS raised (a main of our own: v1.8.1 has no QPS flag)."""
+
+WORK = {
+    "operator": "FineTuneJob: 4 pods, one headless Service, one config ConfigMap, status"
+    " writes, Events, kopf's finalizer; Running = all 4 pods Running",
+    "floor": "the same 4 pods only (no Service, status or Events); no Running",
+    "kubeflow": "PyTorchJob 1 master + 3 workers: 4 pods (workers with an init container),"
+    " one Service per pod, status and Events; Running = the master pod runs",
+}
+WORK["kubeflow-tuned"] = WORK["kubeflow"]
+
+PEER_NAMESPACE = "kubeflow-bench"
+PEER_SERVICE_ACCOUNT = "training-operator"
+PEER_IMAGE = "kubegraft/trainer:bench"
+
+
 # ----------------------------------------------------------------------------- one round
 def job_manifest(name: str) -> dict[str, Any]:
     """A 4-node job whose pods kwok keeps Running; no GPUs, so capacity is counted in pods."""
@@ -420,8 +505,35 @@ def job_manifest(name: str) -> dict[str, Any]:
     }
 
 
+def pytorchjob_manifest(name: str) -> dict[str, Any]:
+    """The same gang as a PyTorchJob: 1 master + 3 workers, the same kwok outcome label."""
+
+    def replicas(n: int) -> dict[str, Any]:
+        container = {"name": "pytorch", "image": PEER_IMAGE, "command": ["python", "-m", "x"]}
+        return {
+            "replicas": n,
+            "restartPolicy": "OnFailure",
+            "template": {
+                "metadata": {"labels": {OUTCOME_LABEL: "run"}},
+                "spec": {"containers": [container]},
+            },
+        }
+
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": name},
+        "spec": {
+            "pytorchReplicaSpecs": {
+                "Master": replicas(1),
+                "Worker": replicas(NODES_PER_JOB - 1),
+            }
+        },
+    }
+
+
 def submit_jobs(
-    kubeconfig: str, namespace: str, names: list[str], workers: int
+    kubeconfig: str, namespace: str, names: list[str], workers: int, kind: str = "kubegraft"
 ) -> dict[str, float]:
     """Create the jobs from ``workers`` threads; when each create request was sent
     (``time.monotonic()``, the system-wide CLOCK_MONOTONIC on Linux, so the parent process's
@@ -433,17 +545,168 @@ def submit_jobs(
     api = client.ApiClient(api.configuration)
     custom = client.CustomObjectsApi(api)
     created: dict[str, float] = {}
+    jk = PYTORCHJOB if kind == "kubeflow" else FINETUNEJOB
+    manifest = pytorchjob_manifest if kind == "kubeflow" else job_manifest
 
     def create(name: str) -> None:
         created[name] = time.monotonic()
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, job_manifest(name)
+            jk.group, jk.version, namespace, jk.plural, manifest(name)
         )
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(create, names))
     api.close()  # type: ignore[no-untyped-call]
     return created
+
+
+def wait_until(what: str, ready: Callable[[], bool], timeout: float, step: float = 0.25) -> None:
+    """Wait for a condition (checked every ``step`` seconds), or fail saying what."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g}s")
+        time.sleep(step)
+
+
+def wait_quiet(proc: psutil.Process, timeout: float = 60.0) -> None:
+    """Wait until a freshly started controller is done starting: its CPU time grows by less
+    than 20 ms over half a second (its lists, caches and imports are behind it)."""
+    last = [cpu_seconds(proc)]
+
+    def quiet() -> bool:
+        now = cpu_seconds(proc)
+        done = now - last[0] < 0.02
+        last[0] = now
+        return done
+
+    with contextlib.suppress(TimeoutError):
+        wait_until("controller start-up", quiet, timeout, step=0.5)
+
+
+def settled_counts(server: str, ctx: ssl.SSLContext, timeout: float = 30.0) -> ApiCounts:
+    """The API server's counters once the controller's own requests stopped moving (one
+    second without a new one): its last status writes land in the figures."""
+    last = [ApiCounts.read(server, ctx)]
+
+    def settled() -> bool:
+        now = ApiCounts.read(server, ctx)
+        done = now.operator == last[0].operator
+        last[0] = now
+        return done
+
+    with contextlib.suppress(TimeoutError):
+        wait_until("API counters settled", settled, timeout, step=1.0)
+    return last[0]
+
+
+def peer_dir() -> Path:
+    """Build (cached) Kubeflow's training-operator: hack/build-training-operator.sh."""
+    out = subprocess.run(
+        [str(ROOT / "hack" / "build-training-operator.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def install_peer(cluster: devcluster.Cluster, work_dir: Path) -> tuple[Path, Path]:
+    """The peer's binary, CRD and RBAC (its own manifests from the module), and a kubeconfig
+    for its ServiceAccount (so API Priority and Fairness counts its requests as the
+    operator's are counted)."""
+    built = peer_dir()
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(built / "kubeflow.org_pytorchjobs.yaml"),
+    )
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    wait_until(
+        "the PyTorchJob CRD Established",
+        lambda: (
+            cluster.kubectl(
+                "get",
+                "crd",
+                "pytorchjobs.kubeflow.org",
+                "-o",
+                f"jsonpath={established}",
+                check=False,
+            ).stdout.strip()
+            == "True"
+        ),
+        60,
+    )
+    cluster.kubectl("create", "namespace", PEER_NAMESPACE, check=False)
+    cluster.kubectl(
+        "create", "serviceaccount", PEER_SERVICE_ACCOUNT, "-n", PEER_NAMESPACE, check=False
+    )
+    cluster.kubectl("apply", "-f", str(built / "rbac" / "role.yaml"))
+    cluster.kubectl(
+        "create",
+        "clusterrolebinding",
+        "training-operator-bench",
+        "--clusterrole=training-operator",
+        f"--serviceaccount={PEER_NAMESPACE}:{PEER_SERVICE_ACCOUNT}",
+        check=False,
+    )
+    token = cluster.kubectl(
+        "create", "token", PEER_SERVICE_ACCOUNT, "-n", PEER_NAMESPACE, "--duration=3h"
+    ).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "peer", "user": {"token": token}}],
+        "contexts": [{"name": "peer", "context": {"cluster": "c", "user": "peer"}}],
+        "current-context": "peer",
+    }
+    path = work_dir / "peer.kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    path.chmod(0o600)
+    return built / "training-operator", path
+
+
+class PeerProcess:
+    """Kubeflow's training-operator (our main of v1.8.1) watching one namespace."""
+
+    def __init__(
+        self, binary: Path, kubeconfig: Path, namespace: str, c: Controller, log_path: Path
+    ) -> None:
+        argv = [str(binary), f"--namespace={namespace}", f"--controller-threads={c.threads or 1}"]
+        if c.qps:
+            argv.append(f"--kube-api-qps={c.qps:g}")
+        if c.burst:
+            argv.append(f"--kube-api-burst={c.burst}")
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            stdout=subprocess.DEVNULL,
+            stderr=log_path.open("w"),
+        )
+
+    def wait_started(self, timeout: float = 120.0) -> None:
+        """Its PyTorchJob controller logs "Starting workers" once its caches synced."""
+
+        def started() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"training-operator exited: {self.log_path.read_text()[-2000:]}")
+            return "Starting workers" in self.log_path.read_text(errors="replace")
+
+        wait_until("training-operator start", started, timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
 
 
 def run_round(
@@ -456,7 +719,9 @@ def run_round(
     work_dir: Path,
     operator_env: dict[str, str],
     profile_dir: Path | None = None,
-    floor: bool = False,
+    controller: Controller = OPERATOR,
+    peer: tuple[Path, Path] | None = None,
+    clean_up: bool = False,
 ) -> RoundResult:
     ns = f"bench-{n}-{secrets.token_hex(2)}"
     cluster.kubectl("create", "namespace", ns)
@@ -467,6 +732,8 @@ def run_round(
     api = client.ApiClient(cfg)
     op: OperatorProcess | None = None
     floor_proc: subprocess.Popen[str] | None = None
+    peer_proc: PeerProcess | None = None
+    floor = controller.kind == "floor"
     if floor:
         # The floor: only the pods, from a bare controller with the operator's credentials
         # (same RBAC and API Priority and Fairness flow as the operator).
@@ -480,17 +747,28 @@ def run_round(
         assert floor_proc.stdout is not None
         floor_proc.stdout.readline()  # "floor controller watching NS": its watch is open
         proc = psutil.Process(floor_proc.pid)
+    elif controller.kind == "kubeflow":
+        assert peer is not None
+        peer_proc = PeerProcess(
+            peer[0], peer[1], ns, controller, work_dir / f"{controller.name}-{n}.log"
+        )
+        peer_proc.wait_started()
+        proc = psutil.Process(peer_proc.proc.pid)
     else:
         op = OperatorProcess(
             op_kubeconfig, work_dir / f"operator-{n}.log", namespace=ns, env=operator_env
         )
         op.start().wait_healthy(120)
         proc = psutil.Process(op.proc.pid)  # type: ignore[union-attr]
-    rec = Recorder(api, ns)
-    rec.start()
-    spy = Profiler(proc.pid, profile_dir / f"operator-{n}.txt") if profile_dir else None
+    rec = Recorder(api, ns, controller.job_kind)
+    rec.start()  # its watches start at the LIST's resourceVersion: nothing after it is missed
+    spy = (
+        Profiler(proc.pid, profile_dir / f"{controller.name}-{n}.txt")
+        if profile_dir and op is not None
+        else None
+    )
     try:
-        time.sleep(1.0)  # let the operator's watches settle (its start-up is not measured)
+        wait_quiet(proc)  # its start-up is not measured
         rss_idle = rss_mb(proc.pid)
         before = ApiCounts.read(server, ctx)
         cpu0 = cpu_seconds(proc)
@@ -502,7 +780,7 @@ def run_round(
             sender.submit(time.monotonic).result()  # started and warm before the clock runs
             t0 = time.monotonic()
             created = sender.submit(
-                submit_jobs, str(cluster.kubeconfig), ns, names, workers
+                submit_jobs, str(cluster.kubeconfig), ns, names, workers, controller.kind
             ).result()
         submit = time.monotonic() - t0
         log(f"{n} jobs: created in {submit:.1f}s; waiting for " + ("pods" if floor else "Running"))
@@ -510,7 +788,7 @@ def run_round(
         last_note = 0.0
 
         def finished() -> int:
-            if floor:
+            if not controller.waits_for_running:
                 return sum(1 for j in names if rec.all_pods_at(j) is not None)
             return len(rec.job_running)
 
@@ -520,17 +798,31 @@ def run_round(
                 last_note = time.monotonic()
                 pods, up = len(rec.pod_seen), len(rec.job_running)
                 log(f"  {pods}/{n * NODES_PER_JOB} pods, {up}/{n} Running")
-        time.sleep(1.0)  # let the last status writes land in the counters
+        after = settled_counts(server, ctx)  # its last status writes land in the counters
         cpu = cpu_seconds(proc) - cpu0
         if spy is not None:
             spy.stop()
             log(f"py-spy profile of the operator ({spy.out}):\n{spy.summary()}")
         rss = peak_rss_mb(proc.pid)
-        diff = ApiCounts.read(server, ctx).minus(before)
+        diff = after.minus(before)
         reconciles = reconcile_sum = math.nan
         if op is not None:
             reconciles = op.metric("kubegraft_operator_reconcile_duration_seconds_count")
             reconcile_sum = op.metric("kubegraft_operator_reconcile_duration_seconds_sum")
+        if clean_up:
+            # Someone else's cluster: delete the round's jobs while their controller still
+            # runs, so that the operator's finalizers are released and nothing stays
+            # Terminating into the next round; then the namespace.
+            jk = controller.job_kind
+            cluster.kubectl(
+                "delete",
+                f"{jk.plural}.{jk.group}",
+                "--all",
+                "-n",
+                ns,
+                "--timeout=600s",
+                check=False,
+            )
     finally:
         if spy is not None:
             spy.stop()
@@ -540,8 +832,12 @@ def run_round(
         if floor_proc is not None:
             floor_proc.terminate()
             floor_proc.wait(30)
+        if peer_proc is not None:
+            peer_proc.stop()
         api.close()  # type: ignore[no-untyped-call]
         api_tmp.close()  # type: ignore[no-untyped-call]
+        if clean_up:
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     if rec.errors:
         log(f"watch errors: {rec.errors[:3]}")
 
@@ -573,6 +869,8 @@ def run_round(
         reconciles_per_job=reconciles / n,
         reconcile_mean_ms=1000 * reconcile_sum / reconciles if reconciles else math.nan,
         floor=floor,
+        controller=controller.name,
+        load_average=os.getloadavg()[0],
         top_requests=[(k, v / n) for k, v in diff.by_kind.most_common(12)],
         latency_ms=[
             (k, diff.mean_ms(k))
@@ -584,7 +882,7 @@ def run_round(
 
 # ----------------------------------------------------------------------------- report
 COLUMNS = (
-    ("run", 8),
+    ("run", 14),
     ("jobs", 5),
     ("pods p50", 8),
     ("pods p99", 8),
@@ -593,23 +891,25 @@ COLUMNS = (
     ("Run p99", 8),
     ("Run max", 8),
     ("running", 7),
-    ("op CPU s", 8),
-    ("op RSS MB", 9),
+    ("CPU ms/job", 10),
+    ("RSS MB", 6),
     ("idle RSS", 8),
     ("API req/job", 11),
-    ("op req/job", 10),
+    ("own req/job", 11),
     ("submit s", 8),
+    ("load", 5),
 )
 
 
 def table(results: list[RoundResult]) -> str:
     """One row per round; "pods" = create -> all 4 pods created, "Run" = create -> status
-    Running, in seconds."""
+    Running, in seconds; "own req/job" = the controller's own requests; "load" = the 1-min
+    load average at the end of the round."""
     head = " | ".join(f"{name:>{width}}" for name, width in COLUMNS)
     lines = [head, "-" * len(head)]
     for r in results:
         cells = (
-            "floor" if r.floor else "operator",
+            r.controller,
             f"{r.jobs}",
             f"{r.all_pods.p50:.2f}",
             f"{r.all_pods.p99:.2f}",
@@ -618,29 +918,61 @@ def table(results: list[RoundResult]) -> str:
             f"{r.running.p99:.2f}",
             f"{r.running.max:.2f}",
             f"{r.jobs_running}",
-            f"{r.operator_cpu_seconds:.1f}",
+            f"{1000 * r.operator_cpu_seconds / r.jobs:.1f}",
             f"{r.operator_peak_rss_mb:.0f}",
             f"{r.operator_idle_rss_mb:.0f}",
             f"{r.api_requests_per_job:.1f}",
             f"{r.operator_requests_per_job:.1f}",
             f"{r.submit_seconds:.1f}",
+            f"{r.load_average:.1f}",
         )
         lines.append(" | ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True)))
+    lines.append("")
+    lines += [
+        f"  {name}: {work}"
+        for name, work in WORK.items()
+        if any(r.controller == name for r in results)
+    ]
     return "\n".join(lines)
 
 
+def _ratio(a: float, b: float) -> str:
+    return "-" if math.isnan(a) or math.isnan(b) or b == 0 else f"{a / b:.2f}x"
+
+
+def ratios(results: list[RoundResult]) -> str:
+    """The operator's figures over each baseline's of the same size (below 1: the operator
+    is faster or cheaper)."""
+    lines = []
+    for r in results:
+        if r.controller != "operator":
+            continue
+        for base in results:
+            if base.jobs != r.jobs or base.controller == "operator":
+                continue
+            cpu = (r.operator_cpu_seconds / r.jobs, base.operator_cpu_seconds / base.jobs)
+            lines.append(
+                f"  {r.jobs} jobs, operator / {base.controller}: pods p99"
+                f" {_ratio(r.all_pods.p99, base.all_pods.p99)}, Running p99"
+                f" {_ratio(r.running.p99, base.running.p99)}, CPU per job {_ratio(*cpu)},"
+                f" own requests per job"
+                f" {_ratio(r.operator_requests_per_job, base.operator_requests_per_job)}"
+            )
+    return "ratios:\n" + "\n".join(lines) if lines else ""
+
+
 def where_the_time_goes(results: list[RoundResult]) -> str:
-    """The create -> Running path split into its legs, and what the operator spent."""
+    """The create -> Running path split into its legs, and what the controller spent."""
     lines = []
     for r in results:
         legs = (
-            ("create -> operator's first status write", r.pickup),
+            ("create -> controller's first status write", r.pickup),
             ("create -> first pod created", r.first_pod),
-            ("first -> 4th pod created (operator)", r.pods_span),
+            ("first -> 4th pod created (controller)", r.pods_span),
             ("4th pod -> all 4 Running (scheduler, kwok)", r.pods_running),
-            ("all 4 Running -> status Running (operator)", r.status_lag),
+            ("all 4 Running -> status Running (controller)", r.status_lag),
         )
-        who = "floor controller" if r.floor else "operator"
+        who = r.controller
         lines.append(f"where the time goes at {r.jobs} jobs, {who} (p50 / p99 seconds per job):")
         lines += [f"  {label:<44} {d.p50:6.2f} / {d.p99:6.2f}" for label, d in legs]
         cpu_ms = r.operator_cpu_seconds / r.jobs * 1000
@@ -714,6 +1046,13 @@ def main(argv: list[str] | None = None) -> int:
         help="after each operator round, the same jobs for bench/floor_controller.py (pods only)",
     )
     parser.add_argument(
+        "--peer",
+        choices=["kubeflow"],
+        default=None,
+        help="after each operator round, the same burst as PyTorchJobs for Kubeflow's"
+        " training-operator v1.8.1: with its defaults and with threads/QPS raised",
+    )
+    parser.add_argument(
         "--reconcile-threads",
         type=int,
         default=None,
@@ -730,10 +1069,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [10] if args.quick else [int(x) for x in args.jobs.split(",") if x.strip()]
     operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
+    controllers = [OPERATOR]
+    if args.floor:
+        controllers.append(FLOOR)
+    if args.peer:
+        controllers += [KUBEFLOW_DEFAULTS, KUBEFLOW_TUNED]
     results: list[RoundResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="kubegraft-bench-work-") as work,
-        control_plane(args, sum(sizes) * NODES_PER_JOB * (2 if args.floor else 1)) as cluster,
+        control_plane(args, sum(sizes) * NODES_PER_JOB * len(controllers)) as cluster,
     ):
         work_dir = Path(args.logs or work)
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -747,10 +1091,10 @@ def main(argv: list[str] | None = None) -> int:
         op_kubeconfig = operator_kubeconfig(
             cluster.kubectl, cluster.kubeconfig, work_dir / "operator.kubeconfig"
         )
+        peer = install_peer(cluster, work_dir) if args.peer else None
         for n in sizes:
-            for floor in (False, True) if args.floor else (False,):
-                who = "the floor controller (pods only)" if floor else "the operator"
-                log(f"round: {n} jobs x {NODES_PER_JOB} nodes, {who}")
+            for c in controllers:
+                log(f"round: {n} jobs x {NODES_PER_JOB} nodes, {c.name}")
                 r = run_round(
                     cluster,
                     op_kubeconfig,
@@ -760,23 +1104,25 @@ def main(argv: list[str] | None = None) -> int:
                     work_dir=work_dir,
                     operator_env=operator_env,
                     profile_dir=Path(args.profile) if args.profile else None,
-                    floor=floor,
+                    controller=c,
+                    peer=peer,
+                    clean_up=bool(args.cluster),  # someone else's cluster: leave it as it was
                 )
                 results.append(r)
-                if args.cluster:  # someone else's cluster: leave it as it was
-                    cluster.kubectl("delete", "namespace", r.namespace, "--wait=false", check=False)
                 print(table([r]), flush=True)
                 if not r.complete:
                     log(
                         f"round incomplete ({r.jobs_running}/{n} Running, {r.all_pods.n} with pods)"
                     )
-                    if not floor:
+                    if c.kind == "kubegraft":
                         log(
                             "operator log tail:\n"
                             + (work_dir / f"operator-{n}.log").read_text(errors="replace")[-3000:]
                         )
     print()
     print(table(results))
+    print()
+    print(ratios(results))
     print()
     print(where_the_time_goes(results))
     if args.json:

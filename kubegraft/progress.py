@@ -11,11 +11,13 @@ Where a report goes is a :class:`ProgressSink`, chosen by the environment the la
 the trainer does not know whether it runs under the operator or ``kubegraft run``:
 
 - ``KUBEGRAFT_PROGRESS_FILE``: the report is written atomically to that file (JSON).
-- ``KUBEGRAFT_PROGRESS_CONFIGMAP`` (``namespace/name``): the report is patched into that
-  ConfigMap's ``data["progress.json"]`` with the pod's ServiceAccount token, over one kept-alive
-  HTTPS connection. The per-job Role lets that token get/patch only that one ConfigMap
-  (``resourceNames``), so a compromised trainer can do nothing else; the operator watches the
-  ConfigMap and folds it into status.
+- ``KUBEGRAFT_PROGRESS_URL``: the report is POSTed to the operator's progress endpoint (the
+  URL names the job), over one kept-alive HTTPS connection that trusts only the operator's CA
+  (``KUBEGRAFT_PROGRESS_CA``, PEM), with a projected ServiceAccount token of the audience
+  :data:`PROGRESS_AUDIENCE` (``KUBEGRAFT_PROGRESS_TOKEN_FILE``). The operator verifies the
+  token with a TokenReview and accepts the report only from the job's own rank 0 pod (the
+  token is bound to it). That token is no API credential (the API server refuses its
+  audience), and the pod needs no RBAC object of its own (docs/operator.md, "Progress").
 
 This module is in the light core: no torch, no kubernetes client (plain HTTPS, http.client).
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import logging
 import os
 import ssl
@@ -45,11 +46,18 @@ from pydantic.alias_generators import to_camel
 log = logging.getLogger(__name__)
 
 ENV_PROGRESS_FILE = "KUBEGRAFT_PROGRESS_FILE"
-ENV_PROGRESS_CONFIGMAP = "KUBEGRAFT_PROGRESS_CONFIGMAP"
-CONFIGMAP_KEY = "progress.json"
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+ENV_PROGRESS_URL = "KUBEGRAFT_PROGRESS_URL"
+ENV_PROGRESS_CA = "KUBEGRAFT_PROGRESS_CA"
+ENV_PROGRESS_TOKEN_FILE = "KUBEGRAFT_PROGRESS_TOKEN_FILE"
+PROGRESS_AUDIENCE = "progress.kubegraft.io"
+"""The audience of rank 0's projected token: the operator's TokenReviews ask for it, and the
+API server accepts no token of it (its own audience is the API server's)."""
+PROGRESS_TOKEN_DIR = "/var/run/secrets/kubegraft/progress"
 SEND_TIMEOUT_SECONDS = 10.0
-"""One send waits at most this long for the API server (the thread, never the loop)."""
+"""One send waits at most this long for the operator (the thread, never the loop)."""
+NOT_HERE_RETRIES = 3
+"""A 503 comes from an operator replica that does not reconcile the job (a paused peer): a
+fresh connection may reach the one that does (the Service balances connections)."""
 
 
 class ProgressReport(BaseModel):
@@ -121,78 +129,63 @@ class FileSink:
         return f"file {self.path}"
 
 
-class ConfigMapSink:
-    """The cluster sink: a merge patch of the job's progress ConfigMap, over one kept-alive
-    connection (reopened after an error). The token file is read for every send: projected
-    ServiceAccount tokens are rotated by the kubelet."""
+class OperatorSink:
+    """The cluster sink: a POST of the report to the operator's progress endpoint, over one
+    kept-alive HTTPS connection (reopened after an error). The token file is read for every
+    send: projected ServiceAccount tokens are rotated by the kubelet."""
 
     def __init__(
         self,
-        ref: str,
+        url: str,
         *,
-        api: str | None = None,
-        token: str | None = None,
-        ca_file: str | None = None,
+        token_file: str | None = None,
+        ca: str | None = None,
         timeout: float = SEND_TIMEOUT_SECONDS,
     ) -> None:
-        self.namespace, self.name = ref.split("/", 1)
-        self.api = api or "https://{}:{}".format(
-            os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc"),
-            os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
-        )
-        self.token = token
-        self.ca_file = ca_file or os.environ.get("KUBEGRAFT_CA_FILE", str(SA_DIR / "ca.crt"))
+        self.url = url
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https":
+            raise ValueError(f"{ENV_PROGRESS_URL}={url}: the progress endpoint must be https")
+        self.host, self.port = parts.hostname or "", parts.port or 443
+        self.path = parts.path or "/"
+        self.token_file = Path(token_file or f"{PROGRESS_TOKEN_DIR}/token")
+        self.ca = ca
         self.timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: http.client.HTTPSConnection | None = None
         self.connections = 0
-        """Connections opened so far (one, while the server keeps it alive)."""
+        """Connections opened so far (one, while the operator keeps it alive)."""
 
-    @property
-    def path(self) -> str:
-        return f"/api/v1/namespaces/{self.namespace}/configmaps/{self.name}"
-
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> http.client.HTTPSConnection:
         if self._conn is None:
-            url = urllib.parse.urlsplit(self.api)
-            if url.scheme == "https":
-                ctx = ssl.create_default_context(cafile=self.ca_file)
-                self._conn = http.client.HTTPSConnection(
-                    url.hostname or "", url.port or 443, timeout=self.timeout, context=ctx
-                )
-            else:
-                self._conn = http.client.HTTPConnection(
-                    url.hostname or "", url.port or 80, timeout=self.timeout
-                )
+            ctx = ssl.create_default_context(cadata=self.ca) if self.ca else None
+            self._conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=ctx
+            )
             self.connections += 1
         return self._conn
 
     def send(self, body: str) -> None:
-        token = self.token or (SA_DIR / "token").read_text().strip()
-        patch = json.dumps({"data": {CONFIGMAP_KEY: body}}).encode()
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/merge-patch+json",
-        }
-        conn = self._connection()
-        try:
-            conn.request("PATCH", self.path, body=patch, headers=headers)
-            resp = conn.getresponse()
-            text = resp.read()
-        except (OSError, http.client.HTTPException):
-            self.close()  # a fresh connection next time
-            raise
-        if resp.will_close:
-            self.close()
+        token = self.token_file.read_text().strip()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        for _ in range(1 + NOT_HERE_RETRIES):
+            conn = self._connection()
+            try:
+                conn.request("POST", self.path, body=body.encode(), headers=headers)
+                resp = conn.getresponse()
+                text = resp.read()
+            except (OSError, http.client.HTTPException):
+                self.close()  # a fresh connection next time
+                raise
+            if resp.will_close or resp.status == 503:
+                self.close()
+            if resp.status != 503:
+                break
         if not 200 <= resp.status < 300:
             hdrs = Message()
             for k, v in resp.getheaders():
                 hdrs[k] = v
             raise urllib.error.HTTPError(
-                f"{self.api}{self.path}",
-                resp.status,
-                text[:200].decode(errors="replace"),
-                hdrs,
-                None,
+                self.url, resp.status, text[:200].decode(errors="replace"), hdrs, None
             )
 
     def close(self) -> None:
@@ -202,7 +195,7 @@ class ConfigMapSink:
             self._conn = None
 
     def __repr__(self) -> str:
-        return f"configmap {self.namespace}/{self.name}"
+        return f"operator {self.url}"
 
 
 def sinks_from_env(environ: Mapping[str, str] | None = None) -> list[ProgressSink]:
@@ -211,10 +204,10 @@ def sinks_from_env(environ: Mapping[str, str] | None = None) -> list[ProgressSin
     sinks: list[ProgressSink] = []
     if path := env.get(ENV_PROGRESS_FILE):
         sinks.append(FileSink(Path(path)))
-    if ref := env.get(ENV_PROGRESS_CONFIGMAP):
+    if url := env.get(ENV_PROGRESS_URL):
         sinks.append(
-            ConfigMapSink(
-                ref, api=env.get("KUBEGRAFT_API_SERVER"), token=env.get("KUBEGRAFT_API_TOKEN")
+            OperatorSink(
+                url, token_file=env.get(ENV_PROGRESS_TOKEN_FILE), ca=env.get(ENV_PROGRESS_CA)
             )
         )
     return sinks

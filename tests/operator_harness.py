@@ -127,6 +127,7 @@ class OperatorProcess:
         self.exit_after_creates = exit_after_creates
         self.metrics_port = free_port()
         self.health_port = free_port()
+        self.progress_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
@@ -153,6 +154,10 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "PYTHONPATH": os.pathsep.join(pythonpath),
             "KUBEGRAFT_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            # The progress endpoint (progress_server.py) on 127.0.0.1, with the test CA.
+            "KUBEGRAFT_PROGRESS_TLS_DIR": str(progress_tls_dir()),
+            "KUBEGRAFT_PROGRESS_PORT": str(self.progress_port),
+            "KUBEGRAFT_OPERATOR_PROGRESS_URL": f"https://127.0.0.1:{self.progress_port}",
             **self.env,
         }
         if self.priority is not None:
@@ -355,13 +360,67 @@ def state_is(kube: Kube, ns: str, name: str, *states: str) -> dict[str, Any] | N
     return st if st.get("state") in states else None
 
 
-def patch_progress(ref: str, body: str, api: str | None = None, token: str | None = None) -> None:
-    """One progress report into the ConfigMap ``ref`` (``namespace/name``), as rank 0's sink
-    sends it (raises urllib's HTTPError on a refusal): for tests that play rank 0."""
-    from kubegraft.progress import ConfigMapSink
+_TLS_DIR: list[Path] = []
 
-    sink = ConfigMapSink(ref, api=api, token=token)
-    try:
-        sink.send(body)
-    finally:
-        sink.close()
+
+def progress_tls_dir() -> Path:
+    """A CA and a certificate for 127.0.0.1 signed by it (``ca.crt``, ``tls.crt``, ``tls.key``)
+    for the operator's progress endpoint, made once per test process with openssl, as the Helm
+    chart makes one per installation."""
+    if _TLS_DIR:
+        return _TLS_DIR[0]
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="kubegraft-progress-tls-"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=d)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3",
+        "-subj", "/CN=kubegraft-progress-ca")  # fmt: skip
+    run("req", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "tls.crt", "-days", "3", "-extfile", "san.ext")  # fmt: skip
+    _TLS_DIR.append(d)
+    return d
+
+
+def progress_token(
+    kubectl: Callable[..., subprocess.CompletedProcess[str]],
+    pod: dict[str, Any],
+    *,
+    audience: str | None = None,
+    service_account: str = "default",
+) -> str:
+    """A token bound to ``pod`` for the progress audience, from the TokenRequest API: what the
+    kubelet projects into rank 0's pod (``audience=""``: the API server's own audience)."""
+    from kubegraft.progress import PROGRESS_AUDIENCE
+
+    meta = pod["metadata"]
+    aud = PROGRESS_AUDIENCE if audience is None else audience
+    return str(
+        kubectl(
+            "create", "token", service_account, "-n", meta["namespace"], "--duration=10m",
+            *([f"--audience={aud}"] if aud else []),
+            "--bound-object-kind=Pod", f"--bound-object-name={meta['name']}",
+            f"--bound-object-uid={meta['uid']}",
+        ).stdout.strip()
+    )  # fmt: skip
+
+
+def post_progress(url: str, body: str, token: str, ca: str | None = None) -> None:
+    """One progress report POSTed to the operator's endpoint ``url``, as rank 0's sink sends
+    it (raises urllib's HTTPError on a refusal): for tests that play rank 0. ``ca``: the PEM
+    rank 0 trusts (default: the test CA)."""
+    import tempfile
+
+    from kubegraft.progress import OperatorSink
+
+    with tempfile.NamedTemporaryFile("w", suffix=".token") as f:
+        f.write(token)
+        f.flush()
+        pem = ca or (progress_tls_dir() / "ca.crt").read_text()
+        sink = OperatorSink(url, token_file=f.name, ca=pem)
+        try:
+            sink.send(body)
+        finally:
+            sink.close()

@@ -6,7 +6,7 @@ operator died half-way, converges without duplicates:
 - create-if-absent: names are deterministic, a 409 AlreadyExists means "done before" when
   the object that exists is ours (its controller reference has our job's UID). One left by
   an earlier job of the same name (deleted, its dependents not yet collected) is never
-  adopted: a Service, ConfigMap, ServiceAccount or RBAC object is deleted (with its UID as
+  adopted: a Service or ConfigMap is deleted (with its UID as
   a precondition) and created anew; a pod is left alone (it is terminating, with a grace
   period) and returned, so the cache knows it and the job waits for it to go;
 - delete: a 404 means "already gone";
@@ -19,7 +19,6 @@ Runs in worker threads (the kubernetes client's transport is synchronous); the a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import quote
@@ -29,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
-from kubegraft_operator import kueue, metrics, names
+from kubegraft_operator import codec, kueue, metrics
 from kubegraft_operator.observe import controller_uid
 from kubegraft_operator.render import COMPONENT_CONFIG, COMPONENT_WORKER
 
@@ -63,9 +62,6 @@ _PATHS: dict[str, str] = {
     "Service": "/api/v1/namespaces/{ns}/services",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
-    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
-    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     "FineTuneJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
     "Workload": f"/apis/{kueue.API_VERSION}/namespaces/{{ns}}/workloads",
     "LocalQueue": f"/apis/{kueue.API_VERSION}/namespaces/{{ns}}/localqueues",
@@ -156,7 +152,7 @@ class Api:
             metrics.API_ERRORS.labels(operation=operation, code=str(resp.status)).inc()
             text = data.decode("utf-8", "replace") if data else None
             raise ApiException.from_response(http_resp=resp, body=text, data=None)
-        return cast(Obj, json.loads(data)) if data else {}
+        return cast(Obj, codec.loads(data)) if data else {}
 
     # ------------------------------------------------------------------ reads
     def list_job_pods(self, namespace: str, job: str) -> list[Obj]:
@@ -166,9 +162,15 @@ class Api:
         )
         return list((res or {}).get("items") or [])
 
-    def get_progress(self, namespace: str, job: str) -> Obj | None:
-        path = _path("ConfigMap", namespace, names.progress_config_map(job))
-        return self.request("get_configmap", "GET", path, ok=(404,))
+    def review_token(self, token: str, audience: str) -> Obj:
+        """A TokenReview of ``token`` for ``audience``: its ``status`` says who holds it."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        }
+        path = "/apis/authentication.k8s.io/v1/tokenreviews"
+        return self.request("create_tokenreview", "POST", path, body=body) or {}
 
     def get_claim(self, namespace: str, name: str) -> Obj | None:
         """The job's output PersistentVolumeClaim; None when it does not exist."""

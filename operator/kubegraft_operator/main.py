@@ -4,8 +4,9 @@ Decorators only; each hands off to a module that does the work:
 
 - one daemon per FineTuneJob runs :meth:`.reconciler.Reconciler.run_job` (observe, decide,
   apply, one status patch, Events);
-- watches on the worker pods, the progress ConfigMaps, the nodes and Kueue's Workloads feed
-  :mod:`.store` and wake the owning job's daemon (no per-event API calls);
+- watches on the worker pods, the nodes and Kueue's Workloads feed :mod:`.store` and wake
+  the owning job's daemon (no per-event API calls); so do rank 0's progress reports, POSTed
+  to :mod:`.progress_server` on kopf's event loop;
 - a spec change (suspend, runPolicy) wakes the daemon too; finished jobs with nothing left to
   do have no daemon (and so no finalizer);
 - start-up applies :mod:`.settings`, builds the API client, serves /metrics; kopf's own
@@ -22,16 +23,18 @@ from kubernetes import client, config
 
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
-from kubegraft_operator import kueue, metrics, settings
+from kubegraft_operator import codec, kueue, metrics, settings
 from kubegraft_operator.apply import Api
 from kubegraft_operator.decide import keeps_reconciling
+from kubegraft_operator.progress_server import Endpoint, ProgressServer
 from kubegraft_operator.reconciler import Reconciler
-from kubegraft_operator.render import COMPONENT_PROGRESS, COMPONENT_WORKER
+from kubegraft_operator.render import COMPONENT_WORKER
 from kubegraft_operator.store import Store
 
 Logger: TypeAlias = logging.Logger | logging.LoggerAdapter[Any]
 STORE = Store()
 _state: dict[str, Reconciler] = {}
+_servers: list[ProgressServer] = []
 
 
 def _api_client() -> client.ApiClient:
@@ -51,12 +54,36 @@ def startup(*, settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> Non
     from kubegraft_operator import settings as our_settings
 
     our_settings.configure(settings)
-    _state["reconciler"] = Reconciler(Api(_api_client()), STORE)
+    codec.use_for_kopf_watches()
+    endpoint = Endpoint.from_env()
+    if endpoint is None:
+        logger.warning(
+            "no progress endpoint (KUBEGRAFT_PROGRESS_TLS_DIR, KUBEGRAFT_OPERATOR_PROGRESS_URL):"
+            " rank 0 cannot report progress or heartbeats, so set stallTimeoutSeconds high"
+        )
+    _state["reconciler"] = Reconciler(Api(_api_client()), STORE, endpoint)
     port = metrics.serve()
     logger.info(
         f"kubegraft operator started; metrics on :{port}; peering priority "
         f"{settings.peering.priority}"
     )
+
+
+@kopf.on.startup()
+async def start_progress_endpoint(**_: Any) -> None:
+    """The progress endpoint on kopf's event loop (after :func:`startup`: kopf runs startup
+    handlers in order)."""
+    reconciler = _state["reconciler"]
+    if reconciler.endpoint is not None:
+        server = ProgressServer(STORE, reconciler.api, reconciler.endpoint)
+        await server.start()
+        _servers.append(server)
+
+
+@kopf.on.cleanup()
+async def stop_progress_endpoint(**_: Any) -> None:
+    for server in _servers:
+        await server.stop()
 
 
 @kopf.on.probe(id="jobs")
@@ -108,19 +135,6 @@ async def job_changed(
 async def pod_event(*, body: kopf.Body, type: str, **_: Any) -> None:
     """Cache the worker pod and wake its job."""
     key = STORE.put_pod(dict(body), deleted=type == "DELETED")
-    if key is not None:
-        STORE.wake(key)
-
-
-@kopf.on.event(
-    "",
-    "v1",
-    "configmaps",
-    labels={LABEL_JOB_NAME: kopf.PRESENT, LABEL_COMPONENT: COMPONENT_PROGRESS},
-)
-async def progress_event(*, body: kopf.Body, type: str, **_: Any) -> None:
-    """Cache rank 0's progress report and wake its job."""
-    key = STORE.put_progress(dict(body), deleted=type == "DELETED")
     if key is not None:
         STORE.wake(key)
 

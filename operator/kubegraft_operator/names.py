@@ -18,21 +18,6 @@ def config_map(job: str) -> str:
     return f"{job}-config"
 
 
-def progress_config_map(job: str) -> str:
-    """The ConfigMap rank 0 patches with ``progress.json``."""
-    return f"{job}-progress"
-
-
-def service_account(job: str) -> str:
-    """The per-job ServiceAccount whose token may patch only the progress ConfigMap."""
-    return f"{job}-worker"
-
-
-def progress_role(job: str) -> str:
-    """Role (and RoleBinding) granting get/patch on the progress ConfigMap only."""
-    return f"{job}-progress-writer"
-
-
 def hostname(job: str, rank: int) -> str:
     """The pod's hostname: stable across attempts, so rank 0's DNS name never changes."""
     return f"{job}-worker-{rank}"

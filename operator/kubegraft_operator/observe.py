@@ -1,4 +1,4 @@
-"""Turn raw API objects (pods, nodes, the progress ConfigMap) into typed observations.
+"""Turn raw API objects (pods, nodes) and rank 0's report into typed observations.
 
 Pure functions over plain dicts, so that :mod:`.decide` reasons about a small, typed picture of
 the world (which rank of which attempt is in which phase, with which exit code) instead of
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubegraft.constants import LABEL_ATTEMPT, LABEL_NODE_RANK
-from kubegraft.progress import CONFIGMAP_KEY, ProgressReport
+from kubegraft.progress import ProgressReport
 from kubegraft_operator.kueue import QueueObservation
 
 IMAGE_PROBLEMS = frozenset(
@@ -99,7 +99,7 @@ class Observation:
     not_ready_nodes: frozenset[str] = field(default_factory=frozenset)
     """Nodes whose Ready condition is False or Unknown (a lost kubelet)."""
     progress: ProgressReport | None = None
-    """rank 0's latest report, from the progress ConfigMap."""
+    """rank 0's latest report (:mod:`.progress_server`)."""
     foreign_pods: tuple[PodObservation, ...] = ()
     """Pods with the job's name label that another owner controls: in practice those of an
     earlier job of the same name, deleted but with pods still terminating. Never counted,
@@ -243,12 +243,9 @@ def node_is_ready(node: Mapping[str, Any]) -> bool:
     return True
 
 
-def observe_progress(config_map: Mapping[str, Any] | None) -> ProgressReport | None:
-    """rank 0's report from the progress ConfigMap; None when absent, empty or unreadable
+def observe_progress(raw: str | None) -> ProgressReport | None:
+    """rank 0's report (its JSON as posted); None when absent, empty or unreadable
     (progress is advisory: a garbled report must not break reconciliation)."""
-    if not config_map:
-        return None
-    raw = (config_map.get("data") or {}).get(CONFIGMAP_KEY)
     if not raw:
         return None
     try:

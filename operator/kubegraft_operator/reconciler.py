@@ -32,7 +32,6 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
-from kubegraft.constants import LABEL_COMPONENT
 from kubegraft_operator import conditions as cond
 from kubegraft_operator import kueue, metrics, settings
 from kubegraft_operator.apply import Api, merge_patch
@@ -44,7 +43,7 @@ from kubegraft_operator.observe import (
     observe_claim,
     short_message,
 )
-from kubegraft_operator.render import COMPONENT_CONFIG
+from kubegraft_operator.progress_server import Endpoint, endpoint_env
 from kubegraft_operator.store import Key, Store, newer_or_equal
 
 Obj = dict[str, Any]
@@ -110,9 +109,10 @@ def _invalid_spec_status(
 class Reconciler:
     """Holds the API wrapper and the watch caches; one instance per operator process."""
 
-    def __init__(self, api: Api, store: Store) -> None:
+    def __init__(self, api: Api, store: Store, endpoint: Endpoint | None = None) -> None:
         self.api = api
         self.store = store
+        self.endpoint = endpoint
         threads = settings.reconcile_threads()
         # Our own pools for the blocking API calls of reconciles: asyncio's default executor
         # has min(32, cpus + 4) threads (6 on 2 cores), which capped parallel reconciles and
@@ -126,11 +126,11 @@ class Reconciler:
         self.fanout = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="create")
 
     # -------------------------------------------------------------- sync part
-    def seed(self, key: Key) -> tuple[list[Obj], Obj | None]:
-        """A fresh LIST of the job's pods and GET of its progress ConfigMap (first pass after
-        the daemon started: the watch caches may not have caught up yet)."""
+    def seed(self, key: Key) -> list[Obj]:
+        """A fresh LIST of the job's pods (first pass after the daemon started: the watch
+        cache may not have caught up yet)."""
         ns, name = key
-        return self.api.list_job_pods(ns, name), self.api.get_progress(ns, name)
+        return self.api.list_job_pods(ns, name)
 
     def reconcile_once(self, raw: Obj, observed: Observation, now: datetime) -> Outcome:
         """Decide and apply; runs in a worker thread with snapshots only."""
@@ -228,16 +228,16 @@ class Reconciler:
         return q
 
     def _apply(self, decision: Decision, ns: str, workloads: list[Obj]) -> list[Obj]:
-        """Deletes first (a restart frees GPUs), then the creates in two parallel waves;
-        returns the pods the API answered with.
+        """Deletes first (a restart frees GPUs), then every create at once; returns the pods
+        the API answered with (a created or patched Workload goes to ``workloads``).
 
-        Wave 1 is what the pods need at admission or start (their ServiceAccount and
-        config ConfigMap) and the Role (the RBAC escalation check of the RoleBinding
-        resolves it); wave 2 is the pods, then the Service, the progress ConfigMap and the
-        RoleBinding, which only matter once the trainer runs (rendezvous and progress
-        reports retry). Two round trips instead of one per object, and as few writes as
-        possible ahead of the pods: when the API server is the bottleneck (1000 jobs at
-        once), every write queued before a job's pods delays them (bench/operator_scale.py)."""
+        One parallel wave: one round trip for the config ConfigMap, the Service and the pods
+        together. A pod created a moment before its ConfigMap is fine (the kubelet waits for a
+        volume's ConfigMap), and the Service only matters once the trainer runs (rendezvous
+        retries). As few round trips as possible: when the API server is the bottleneck
+        (1000 jobs at once), every one queued before a job's pods delays them
+        (bench/operator_scale.py). rank 0's pod gets the progress endpoint's URL and CA
+        (:func:`.progress_server.endpoint_env`)."""
         pods: list[Obj] = []
         deletes = [(n, False) for n in decision.delete_pods]
         deletes += [(n, True) for n in decision.force_delete_pods]
@@ -249,17 +249,17 @@ class Reconciler:
             patched = self.api.patch_workload_status(ns, *decision.workload_patch)
             if patched is not None:
                 workloads.append(patched)
-        first = [o for o in decision.create if _before_pods(o)]
-        second = [o for o in decision.create if not _before_pods(o)]
-        second.sort(key=lambda o: o["kind"] != "Pod")  # stable: pods first, in rank order
-        for wave in (first, second):
-            for obj, answer in self._create_wave(decision, wave):
-                # Created or found (a pod left by an operator that died, or by an earlier job
-                # of the same name): either way the cache must know it at once.
-                if obj["kind"] == "Pod":
-                    pods.append(answer)
-                elif obj["kind"] == "Workload":
-                    workloads.append(answer)
+        wave = [
+            endpoint_env(o, self.endpoint) if o["kind"] == "Pod" else o for o in decision.create
+        ]
+        wave.sort(key=lambda o: o["kind"] != "Pod")  # stable: pods first, in rank order
+        for obj, answer in self._create_wave(decision, wave):
+            # Created or found (a pod left by an operator that died, or by an earlier job of
+            # the same name): either way the cache must know it at once.
+            if obj["kind"] == "Pod":
+                pods.append(answer)
+            elif obj["kind"] == "Workload":
+                workloads.append(answer)
         return pods
 
     def _create_wave(self, decision: Decision, wave: list[Obj]) -> list[tuple[Obj, Obj]]:
@@ -387,12 +387,8 @@ class Reconciler:
             self.store.forget(key)
 
     async def _seed(self, key: Key) -> None:
-        pods, progress = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.seed, key
-        )
+        pods = await asyncio.get_running_loop().run_in_executor(self.executor, self.seed, key)
         self.store.replace_pods(key, pods)
-        if progress is not None:
-            self.store.put_progress(progress)
 
     async def _pass(
         self, key: Key, live_body: Mapping[str, Any], last_written: Obj | None
@@ -436,14 +432,6 @@ def _snapshot(body: Mapping[str, Any]) -> Obj:
             "status": body.get("status") or {},
         }
     )
-
-
-def _before_pods(obj: Obj) -> bool:
-    """Created in the wave before the pods (see :meth:`Reconciler._apply`)."""
-    kind = obj["kind"]
-    if kind == "ConfigMap":
-        return bool(obj["metadata"]["labels"].get(LABEL_COMPONENT) == COMPONENT_CONFIG)
-    return kind in ("ServiceAccount", "Role")
 
 
 def _version_and_status(job: Mapping[str, Any]) -> Obj:

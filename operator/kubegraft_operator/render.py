@@ -1,10 +1,10 @@
 """Render a FineTuneJob into the Kubernetes objects it needs: a pure function, golden-tested.
 
 ``render(job, namespace=, uid=, attempt=, disruptions=)`` returns plain dicts (the wire form),
-in creation order: the infrastructure that outlives attempts (headless Service, config and progress
-ConfigMaps, the per-job ServiceAccount/Role/RoleBinding), then one worker pod per node for
-this attempt. Nothing here talks to the API server, reads the clock or the environment, so the
-same job always renders to the same bytes (``tests/data/golden/``).
+in creation order: the infrastructure that outlives attempts (the config ConfigMap and the
+headless Service), then one worker pod per node for this attempt. Nothing here talks to the
+API server, reads the clock or the environment, so the same job always renders to the same
+bytes (``tests/data/golden/``).
 
 Pods are created directly rather than through an Indexed Job: the operator restarts the whole
 gang at once (a new ``attempt`` label and pod names), which an Indexed Job can only mimic by
@@ -13,7 +13,6 @@ being deleted and recreated; see docs/operator.md.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
@@ -35,7 +34,7 @@ from kubegraft.constants import (
     SHM_MOUNT_DIR,
 )
 from kubegraft.launch import build_launch
-from kubegraft.progress import CONFIGMAP_KEY, ENV_PROGRESS_CONFIGMAP
+from kubegraft.progress import ENV_PROGRESS_TOKEN_FILE, PROGRESS_AUDIENCE, PROGRESS_TOKEN_DIR
 from kubegraft_operator import names
 
 try:  # libyaml's emitter (PyYAML's wheels have it): same output, ~10x faster than pure Python,
@@ -49,8 +48,8 @@ Obj = dict[str, Any]
 COMPONENT_WORKER = "worker"
 COMPONENT_SERVICE = "service"
 COMPONENT_CONFIG = "config"
-COMPONENT_PROGRESS = "progress"
-COMPONENT_RBAC = "rbac"
+PROGRESS_TOKEN_SECONDS = 3600
+"""Lifetime of rank 0's progress token (the kubelet renews it at 80 %)."""
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
@@ -185,63 +184,6 @@ def render_config_map(job: FineTuneJob, *, namespace: str, uid: str) -> Obj:
     }
 
 
-def render_progress_config_map(job: FineTuneJob, *, namespace: str, uid: str) -> Obj:
-    """The ConfigMap rank 0 patches; created empty so the Role's resourceNames can name it."""
-    name = job.metadata.name
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(
-            names.progress_config_map(name), namespace, name, uid, COMPONENT_PROGRESS
-        ),
-        "data": {CONFIGMAP_KEY: json.dumps({})},
-    }
-
-
-def render_rbac(job: FineTuneJob, *, namespace: str, uid: str) -> list[Obj]:
-    """ServiceAccount + Role + RoleBinding: get/patch on the job's progress ConfigMap, nothing
-    else. A user-chosen ServiceAccount (spec.pod.serviceAccountName) is bound as well, so
-    progress reporting works with it too."""
-    name = job.metadata.name
-    sa = names.service_account(name)
-    subjects = [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]
-    user_sa = job.spec.pod.service_account_name
-    if user_sa and user_sa != sa:
-        subjects.append({"kind": "ServiceAccount", "name": user_sa, "namespace": namespace})
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _meta(sa, namespace, name, uid, COMPONENT_RBAC),
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": _meta(names.progress_role(name), namespace, name, uid, COMPONENT_RBAC),
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["configmaps"],
-                    "resourceNames": [names.progress_config_map(name)],
-                    "verbs": ["get", "patch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta(names.progress_role(name), namespace, name, uid, COMPONENT_RBAC),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": names.progress_role(name),
-            },
-            "subjects": subjects,
-        },
-    ]
-
-
 def _resources(job: FineTuneJob) -> Obj:
     """The user's requests/limits plus ``nvidia.com/gpu`` (an extended resource: limits are
     what counts and requests must equal them)."""
@@ -277,12 +219,9 @@ def _env(
     env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     if rank == 0:
         env.append({"name": ENV_METRICS_PORT, "value": str(DEFAULT_METRICS_PORT)})
-        env.append(
-            {
-                "name": ENV_PROGRESS_CONFIGMAP,
-                "value": f"{namespace}/{names.progress_config_map(name)}",
-            }
-        )
+        # The token file; the URL and CA of the operator's endpoint are the installation's
+        # (added by the reconciler: progress_server.endpoint_env).
+        env.append({"name": ENV_PROGRESS_TOKEN_FILE, "value": f"{PROGRESS_TOKEN_DIR}/token"})
     else:
         env.append({"name": ENV_METRICS_PORT, "value": "0"})
     env.extend({"name": k, "value": v} for k, v in CACHE_ENV.items())
@@ -310,6 +249,23 @@ def _token_volume(job: FineTuneJob) -> list[Obj]:
             },
         }
     ]
+
+
+PROGRESS_VOLUME = "kubegraft-progress-token"
+
+
+def _progress_token_volume() -> Obj:
+    """rank 0's projected ServiceAccount token for the operator's progress endpoint only (its
+    audience), bound to the pod by the kubelet and rotated by it (:mod:`.progress_server`)."""
+    token = {
+        "audience": PROGRESS_AUDIENCE,
+        "expirationSeconds": PROGRESS_TOKEN_SECONDS,
+        "path": "token",
+    }
+    return {
+        "name": PROGRESS_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": token}], "defaultMode": 0o440},
+    }
 
 
 def render_pod(
@@ -362,6 +318,11 @@ def render_pod(
             {"name": "kubegraft-tmp", "mountPath": TMP_DIR},
             {"name": "kubegraft-cache", "mountPath": CACHE_DIR},
             *(
+                [{"name": PROGRESS_VOLUME, "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True}]
+                if rank == 0
+                else []
+            ),
+            *(
                 [{"name": "kubegraft-hub-token", "mountPath": HF_TOKEN_DIR, "readOnly": True}]
                 if spec.model.token_secret_ref is not None
                 else []
@@ -383,10 +344,11 @@ def render_pod(
         "restartPolicy": "Never",
         "hostname": names.hostname(name, rank),
         "subdomain": names.service(name),
-        "serviceAccountName": p.service_account_name or names.service_account(name),
-        # Only rank 0 reports progress, so only it gets a token (unless the user chose an SA,
-        # whose token their own code may need on every node).
-        "automountServiceAccountToken": rank == 0 or p.service_account_name is not None,
+        # The namespace's default ServiceAccount unless the user chose one. No API token unless
+        # the user chose one (their code may need it on every node): rank 0's progress token
+        # (its own volume) is for the operator's audience only.
+        **({"serviceAccountName": p.service_account_name} if p.service_account_name else {}),
+        "automountServiceAccountToken": p.service_account_name is not None,
         "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "securityContext": {
             "runAsNonRoot": True,
@@ -402,6 +364,7 @@ def render_pod(
             output_volume,
             {"name": "kubegraft-tmp", "emptyDir": {}},
             {"name": "kubegraft-cache", "emptyDir": {}},
+            *([_progress_token_volume()] if rank == 0 else []),
             *_token_volume(job),
             *p.volumes,
         ],
@@ -442,9 +405,7 @@ def _job_labels(job: FineTuneJob) -> dict[str, str]:
 def render_infrastructure(job: FineTuneJob, *, namespace: str, uid: str) -> list[Obj]:
     """The objects that live as long as the job (not per attempt), in creation order."""
     return [
-        *render_rbac(job, namespace=namespace, uid=uid),
         render_config_map(job, namespace=namespace, uid=uid),
-        render_progress_config_map(job, namespace=namespace, uid=uid),
         render_service(job, namespace=namespace, uid=uid),
     ]
 

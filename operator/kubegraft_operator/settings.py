@@ -26,7 +26,7 @@ import kopf
 
 from kubegraft.api.v1alpha1 import GROUP
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
-from kubegraft_operator.render import COMPONENT_PROGRESS, COMPONENT_WORKER
+from kubegraft_operator.render import COMPONENT_WORKER
 
 ENV_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
 ENV_LIFETIME = "KUBEGRAFT_PEERING_LIFETIME"
@@ -90,12 +90,9 @@ def reconcile_threads() -> int:
 
 
 def watch_selectors() -> dict[str, str]:
-    """The label selector of each core/v1 kind the operator watches besides its own: only the
-    worker pods and the progress ConfigMaps (``main``'s handlers filter on the same labels)."""
-    return {
-        "pods": f"{LABEL_JOB_NAME},{LABEL_COMPONENT}={COMPONENT_WORKER}",
-        "configmaps": f"{LABEL_JOB_NAME},{LABEL_COMPONENT}={COMPONENT_PROGRESS}",
-    }
+    """The label selector of each core/v1 kind the operator watches besides its own and the
+    nodes: only the worker pods (``main``'s handler filters on the same labels)."""
+    return {"pods": f"{LABEL_JOB_NAME},{LABEL_COMPONENT}={COMPONENT_WORKER}"}
 
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -118,7 +115,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     # Server-side label selectors: without them kopf watches, decodes and processes every pod
-    # and ConfigMap in the watched namespaces (the cluster, with -A), and keeps a memory for
+    # in the watched namespaces (the cluster, with -A), and keeps a memory for
     # each, to drop all but ours in its client-side filters.
     for plural, selector in watch_selectors().items():
         settings.watching.label_selectors["", "v1", plural] = selector

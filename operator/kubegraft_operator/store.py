@@ -1,8 +1,9 @@
 """In-memory caches fed by kopf's watches, and the per-job wake-up signals.
 
-The pod, progress-ConfigMap and node watches (see :mod:`.main`) put what they see here and
-wake the owning job's daemon; a reconcile reads a snapshot instead of listing from the API
-server, which is what keeps the request count per job small at scale.
+The pod and node watches (see :mod:`.main`) and rank 0's progress reports (see
+:mod:`.progress_server`) put what they see here and wake the owning job's daemon; a reconcile
+reads a snapshot instead of listing from the API server, which is what keeps the request
+count per job small at scale.
 
 Watch events and our own API responses both feed the cache, so an older object must never
 replace a newer one: objects are compared by ``resourceVersion`` (etcd revisions, which are
@@ -11,7 +12,7 @@ integers on every real API server; when one is not, the latest write wins).
 All methods run on the operator's event loop (kopf handlers and the async daemons), so no
 locks are needed; reconciles in worker threads only see snapshots.
 
-Only the fields :mod:`.observe` reads are kept (:func:`slim_pod`, :func:`slim_progress`): a
+Only the fields :mod:`.observe` reads are kept (:func:`slim_pod`): a
 whole pod (env, command, volumes, managedFields) costs tens of KB as Python objects, which made
 the operator's memory grow ~0.45 MB per job at scale (bench/operator_scale.py). Nodes are not
 cached at all, only the names of the NotReady ones.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubegraft.constants import LABEL_ATTEMPT, LABEL_JOB_NAME, LABEL_NODE_RANK
-from kubegraft.progress import CONFIGMAP_KEY, ProgressReport
+from kubegraft.progress import ProgressReport
 from kubegraft_operator.kueue import WorkloadObservation, observe_workload
 from kubegraft_operator.observe import (
     Observation,
@@ -116,16 +117,6 @@ def slim_pod(obj: Mapping[str, Any]) -> Obj:
     }
 
 
-def slim_progress(obj: Mapping[str, Any]) -> Obj:
-    """The progress ConfigMap reduced to its identity and the report
-    (:func:`.observe.observe_progress` reads only that key)."""
-    data = obj.get("data") or {}
-    return {
-        "metadata": _slim_meta(obj.get("metadata") or {}),
-        "data": _pick(data, (CONFIGMAP_KEY,)),
-    }
-
-
 def slim_workload(obj: Mapping[str, Any]) -> Obj:
     """A Workload reduced to what :func:`.kueue.observe_workload` reads."""
     meta = obj.get("metadata") or {}
@@ -151,7 +142,8 @@ class Store:
     """Pods by job, progress reports by job, NotReady nodes, and the daemons' wake-ups."""
 
     pods: dict[Key, dict[str, Obj]] = field(default_factory=dict)
-    progress: dict[Key, Obj] = field(default_factory=dict)
+    progress: dict[Key, tuple[str | None, str]] = field(default_factory=dict)
+    """rank 0's newest report by job: (the UID of the job its pod belongs to, the JSON)."""
     workloads: dict[Key, Obj] = field(default_factory=dict)
     """Kueue Workloads of jobs with a queue name (:mod:`.kueue`), by the job they are for."""
     not_ready_nodes: set[str] = field(default_factory=set)
@@ -224,15 +216,10 @@ class Store:
         self.pods[key] = fresh
 
     # ---------------------------------------------------------------- progress
-    def put_progress(self, config_map: Obj, *, deleted: bool = False) -> Key | None:
-        key = job_key(config_map)
-        if key is None:
-            return None
-        if deleted:
-            self.progress.pop(key, None)
-        elif newer_or_equal(config_map, self.progress.get(key)):
-            self.progress[key] = slim_progress(config_map)
-        return key
+    def put_report(self, key: Key, owner_uid: str | None, body: str) -> None:
+        """rank 0's newest report (already authenticated and validated), for job ``key`` as
+        owned by ``owner_uid``."""
+        self.progress[key] = (owner_uid, body)
 
     # --------------------------------------------------------------- workloads
     def put_workload(self, workload: Obj, *, deleted: bool = False) -> Key | None:
@@ -279,10 +266,10 @@ class Store:
         ``uid``. Pods and a progress report of another owner under the same name (an earlier
         job of that name) are not the job's: the pods come as ``foreign_pods``, the report
         not at all. Without a UID everything under the name is the job's."""
-        progress = self.progress.get(key)
-        if progress is not None and uid and controller_uid(progress["metadata"]) != uid:
-            progress = None
-        report: ProgressReport | None = observe_progress(progress)
+        owner, body = self.progress.get(key) or (None, None)
+        if uid and owner != uid:
+            body = None
+        report: ProgressReport | None = observe_progress(body)
         own, foreign = split_by_owner(observe_pods(list(self.pods.get(key, {}).values())), uid)
         return Observation(
             pods=own,

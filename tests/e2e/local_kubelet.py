@@ -25,6 +25,8 @@ How a pod becomes a local process (the differences from a node are the point of 
   by both ranks, which is what a ReadWriteMany PVC gives on a cluster). Every mountPath is
   rewritten to its host dir in argv and env. Files *inside* a volume are not rewritten, so a
   test whose config names a mount path (``output.path``) uses the host dir as that path.
+- **Projected tokens** (rank 0's progress token): requested from the TokenRequest API for the
+  volume's audience, bound to the pod, written into the volume's host dir.
 - **ServiceAccount token**: for a pod with ``automountServiceAccountToken``, a token for its
   ServiceAccount is requested from the TokenRequest API, bound to the pod (so it dies with the
   pod, as a projected token does), and handed over as ``KUBEGRAFT_API_SERVER`` /
@@ -527,6 +529,7 @@ class LocalKubelet:
                     local,
                     spec.get("serviceAccountName") or "default",
                     int(sat.get("expirationSeconds") or self.token_seconds),
+                    sat.get("audience"),
                 )
                 (host / sat["path"]).write_text(token)
             elif ref := source.get("configMap"):
@@ -540,10 +543,14 @@ class LocalKubelet:
                     if field_path in values:
                         (host / item["path"]).write_text(values[field_path])
 
-    def _request_token(self, local: LocalPod, service_account: str, seconds: int) -> str:
-        """TokenRequest for ``service_account``, bound to the pod (invalid once it is gone)."""
+    def _request_token(
+        self, local: LocalPod, service_account: str, seconds: int, audience: str | None = None
+    ) -> str:
+        """TokenRequest for ``service_account``, bound to the pod (invalid once it is gone),
+        for ``audience`` (a projected token's; default: the API server's)."""
         request = client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(
+                audiences=[audience] if audience else None,
                 expiration_seconds=seconds,
                 bound_object_ref=client.V1BoundObjectReference(
                     kind="Pod", api_version="v1", name=local.name, uid=local.uid

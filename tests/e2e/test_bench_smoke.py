@@ -52,8 +52,8 @@ def test_operator_scale_quick_mode_measures_ten_jobs(
     assert running["p50"] >= pods["p50"]
     assert r["operator_cpu_seconds"] > 0
     assert 30 < r["operator_idle_rss_mb"] <= r["operator_peak_rss_mb"] < 2000
-    # The operator creates at least 4 pods + 6 infrastructure objects per job, and others
-    # (scheduler bindings, kwok status patches) add more.
+    # The operator creates 4 pods, the Service and the config ConfigMap per job and writes
+    # its status and Events; others (scheduler bindings, kwok status patches) add more.
     assert r["operator_requests_per_job"] >= 10
     assert r["api_requests_per_job"] > r["operator_requests_per_job"]
     # The floor controller only creates the pods: every job gets its 4, none gets a status.

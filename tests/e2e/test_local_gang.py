@@ -6,9 +6,9 @@ kube-apiserver with RBAC, controller-manager, scheduler) and kwok marks the sche
 Running, but nothing would execute them. :mod:`local_kubelet` does: it takes each pod the
 operator created, runs the pod's own container command and environment as a local process
 (rank 0's DNS name mapped to 127.0.0.1, the config ConfigMap written to a local file, the
-output volume a tmp dir both ranks share, a TokenRequest token of the job's ServiceAccount for
-the progress ConfigMap), and reports the process's exit back through the pod's status
-subresource (phase, terminated exit code), as a kubelet would.
+output volume a tmp dir both ranks share, a pod-bound TokenRequest token of the progress
+audience in the projected token volume), and reports the process's exit back through the
+pod's status subresource (phase, terminated exit code), as a kubelet would.
 
 The job is the quickstart (examples/quickstart.yaml: a frozen all-MiniLM-L6-v2 with a new
 head on the kaomoji data set) shrunk to a couple of dozen steps on 200 examples, with
@@ -18,9 +18,7 @@ nodes = 2 and one process per node.
 from __future__ import annotations
 
 import copy
-import json
 import signal
-import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,6 @@ from local_kubelet import LocalKubelet, free_port, repo_kubelet
 from operator_harness import (
     Kube,
     OperatorProcess,
-    patch_progress,
     repo_root,
     wait_for,
 )
@@ -143,7 +140,7 @@ def test_quickstart_gang_runs_on_local_processes_and_succeeds(
     assert done["state"] == "Succeeded", done
     assert (done["reason"], done["restarts"], done["attempt"]) == ("Completed", 0, 0)
 
-    # Progress and metrics reached the status through rank 0's ConfigMap reports.
+    # Progress and metrics reached the status through rank 0's reports to the operator.
     progress, metrics = done["progress"], done["metrics"]
     assert progress["step"] == progress["totalSteps"] == steps
     assert progress["percent"] == 100
@@ -172,27 +169,16 @@ def test_quickstart_gang_runs_on_local_processes_and_succeeds(
     assert (cells["STATE"], cells["PROGRESS"]) == ("Succeeded", "100%"), (header, row)
     assert cells["METRIC"] == metrics["display"], (header, row)
 
-    # The RBAC is real: the job's ServiceAccount token may patch its progress ConfigMap (here
-    # with the report that is already there) and nothing else, not even the job's config.
-    done_report = (kube.core.read_namespaced_config_map("qs-progress", namespace).data or {})[
-        "progress.json"
-    ]
-    token = kubelet._token_env(kubelet.pods["qs-worker-0-a0"], "qs-worker")
-    monkeypatch.setenv("KUBEGRAFT_CA_FILE", token["KUBEGRAFT_CA_FILE"])
-    patch_progress(
-        f"{namespace}/qs-progress",
-        done_report,
-        api=token["KUBEGRAFT_API_SERVER"],
-        token=token["KUBEGRAFT_API_TOKEN"],
-    )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        patch_progress(
-            f"{namespace}/qs-config",
-            "{}",
-            api=token["KUBEGRAFT_API_SERVER"],
-            token=token["KUBEGRAFT_API_TOKEN"],
-        )
-    assert refused.value.code == 403
+    # The reports came to the operator's endpoint with rank 0's pod-bound token: no per-job
+    # ServiceAccount, Role, RoleBinding or progress ConfigMap, and no API token in any pod.
+    rank0 = kube.core.read_namespaced_pod("qs-worker-0-a0", namespace)
+    assert rank0.spec.automount_service_account_token is False
+    assert [v.name for v in rank0.spec.volumes if v.projected] == ["kubegraft-progress-token"]
+    accounts = kube.core.list_namespaced_service_account(namespace).items
+    assert [a.metadata.name for a in accounts] == ["default"]
+    assert not kube.core.list_namespaced_config_map(
+        namespace, label_selector="kubegraft.io/component=progress"
+    ).items
 
 
 def test_killed_worker_restarts_the_gang_from_the_checkpoint_and_succeeds(
@@ -216,14 +202,14 @@ def test_killed_worker_restarts_the_gang_from_the_checkpoint_and_succeeds(
     def checkpointed() -> tuple[int, int] | None:
         """(rank 0's reported step, latest complete checkpoint's step) once both are > 0."""
         kubelet.check()
-        if kube.status(namespace, "kill").get("state") != "Running":
+        st = kube.status(namespace, "kill")
+        if st.get("state") != "Running":
             return None
-        cm = kube.core.read_namespaced_config_map("kill-progress", namespace)
-        step = int(json.loads((cm.data or {}).get("progress.json") or "{}").get("step", 0))
+        step = int((st.get("progress") or {}).get("step") or 0)
         saved = latest_checkpoint(output / "checkpoints")
         return (step, list_checkpoints(output / "checkpoints")[-1][0]) if step and saved else None
 
-    # Rank 0's own progress report (the ConfigMap it patches), fresher than the folded status.
+    # Rank 0's progress as the operator folded it from its reports.
     step, saved_step = wait_for(
         checkpointed, RUN_TIMEOUT, interval=0.2, message="step + checkpoint"
     )

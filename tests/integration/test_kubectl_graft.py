@@ -17,10 +17,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 # The operator-test helpers (helper "opfix" moves this module into tests/).
-from operator_harness import Kube, OperatorProcess, job_manifest, patch_progress, state_is, wait_for
+from operator_harness import (
+    Kube,
+    OperatorProcess,
+    job_manifest,
+    post_progress,
+    progress_token,
+    state_is,
+    wait_for,
+)
 
 from kubegraft.devcluster.cluster import Cluster
 from kubegraft.progress import ProgressReport
@@ -63,7 +70,6 @@ def test_status_logs_suspend_resume(
     kube: Kube,
     namespace: str,
     operator: OperatorProcess,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kube.create_job(namespace, _manifest("learn", nodes=2, outcome="run"))
     wait_for(lambda: state_is(kube, namespace, "learn", "Running"), WAIT, message="Running")
@@ -71,20 +77,12 @@ def test_status_logs_suspend_resume(
     rank0 = next(p for p in pods if p["metadata"]["labels"]["kubegraft.io/node-rank"] == "0")
     rank1 = next(p for p in pods if p["metadata"]["labels"]["kubegraft.io/node-rank"] == "1")
     env = {e["name"]: e.get("value") for e in rank0["spec"]["containers"][0]["env"]}
-    sa = rank0["spec"]["serviceAccountName"]
-    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=10m").stdout
-    ca = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
-    monkeypatch.setenv("KUBEGRAFT_CA_FILE", ca["certificate-authority"])
+    token = progress_token(cluster.kubectl, rank0)
     report = ProgressReport(
         step=90, total_steps=200, epoch=0.45, eta_seconds=750, train_loss=0.4213,
         accuracy=0.83, f1=0.8123, time="2026-01-01T00:00:00Z",
     )  # fmt: skip
-    patch_progress(
-        env["KUBEGRAFT_PROGRESS_CONFIGMAP"],
-        report.to_json(),
-        api=cluster.server,
-        token=token.strip(),
-    )
+    post_progress(env["KUBEGRAFT_PROGRESS_URL"], report.to_json(), token)
     wait_for(
         lambda: (kube.status(namespace, "learn").get("progress") or {}).get("step") == 90,
         WAIT,

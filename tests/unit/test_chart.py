@@ -114,6 +114,7 @@ def test_rbac_rules_are_least_privilege_and_scoped_right() -> None:
         "clusterkopfpeerings",
         "resourceflavors",
         "priorityclasses",
+        "tokenreviews",
     }
     for section, items in rules.items():
         for rule in items:
@@ -124,6 +125,9 @@ def test_rbac_rules_are_least_privilege_and_scoped_right() -> None:
             scoped = set(rule["resources"]) & cluster_scoped
             # a Role in a namespace cannot grant cluster-scoped resources
             assert bool(scoped) == (section != "namespaced"), (section, rule)
+    # No RBAC objects or ServiceAccounts: the operator cannot mint identities or grant rights.
+    granted = {r for section in rules.values() for rule in section for r in rule["resources"]}
+    assert not {"serviceaccounts", "roles", "rolebindings"} & granted
     pvc = [r for r in rules["namespaced"] if "persistentvolumeclaims" in r["resources"]]
     assert pvc
     assert pvc[0]["verbs"] == ["get"]

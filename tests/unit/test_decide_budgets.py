@@ -331,18 +331,7 @@ def test_the_store_tells_jobs_of_the_same_name_apart_by_owner_uid() -> None:
     key = ("ns", "j")
     store.put_pod(_stored_pod("j-worker-0-a0", "uid-0", "p-old-0", "10"))
     store.put_pod(_stored_pod("j-worker-1-a0", "uid-0", "p-old-1", "11"))
-    store.put_progress(
-        {
-            "metadata": {
-                "name": "j-progress",
-                "namespace": "ns",
-                "resourceVersion": "12",
-                "labels": {"kubegraft.io/job-name": "j"},
-                "ownerReferences": [{"uid": "uid-0", "controller": True}],
-            },
-            "data": {"progress.json": json.dumps({"step": 150, "totalSteps": 200})},
-        }
-    )
+    store.put_report(key, "uid-0", json.dumps({"step": 150, "totalSteps": 200}))
     new = store.observation(key, "uid-1")
     assert new.pods == ()
     assert [p.name for p in new.foreign_pods] == ["j-worker-0-a0", "j-worker-1-a0"]

@@ -114,10 +114,10 @@ def test_node_readiness() -> None:
 
 def test_progress_report_parsing_is_forgiving() -> None:
     assert observe_progress(None) is None
-    assert observe_progress({"data": {"progress.json": "{}"}}) is None
-    assert observe_progress({"data": {"progress.json": "not json"}}) is None
-    assert observe_progress({"data": {"progress.json": json.dumps({"step": -1})}}) is None
-    r = observe_progress({"data": {"progress.json": ProgressReport(step=5, f1=0.5).to_json()}})
+    assert observe_progress("{}") is None
+    assert observe_progress("not json") is None
+    assert observe_progress(json.dumps({"step": -1})) is None
+    r = observe_progress(ProgressReport(step=5, f1=0.5).to_json())
     assert r is not None
     assert (r.step, r.f1) == (5, 0.5)
 

@@ -17,8 +17,9 @@ def test_no_change_handlers_so_no_diff_base_is_needed() -> None:
     registry = kopf.get_default_registry()
     assert list(registry._changing.get_all_handlers()) == []
     assert [h.id for h in registry._spawning.get_all_handlers()] == ["reconcile"]
-    # the jobs, their pods and ConfigMaps, Kueue's Workloads, the nodes
-    assert len(list(registry._watching.get_all_handlers())) == 5
+    # jobs, pods, nodes, Kueue's Workloads: no ConfigMap watch (progress comes to the progress
+    # endpoint)
+    assert len(list(registry._watching.get_all_handlers())) == 4
 
 
 def test_configure_uses_our_storages_and_a_distinct_peering_priority() -> None:
@@ -36,17 +37,14 @@ def _core(plural: str, kind: str) -> kopf.Resource:
     return kopf.Resource("", "v1", plural, kind=kind, namespaced=True, verbs=["list", "watch"])
 
 
-def test_pods_and_config_maps_are_filtered_by_the_api_server() -> None:
-    # Only our worker pods and progress ConfigMaps may reach the operator: with -A, a
-    # client-side filter alone would decode and track every pod of the cluster.
+def test_pods_are_filtered_by_the_api_server() -> None:
+    # Only our worker pods may reach the operator: with -A, a client-side filter alone would
+    # decode and track every pod of the cluster. ConfigMaps are not watched at all.
     ops = kopf.OperatorSettings()
     settings.configure(ops)
     selectors = ops.watching.label_selectors
     assert selectors.collect(_core("pods", "Pod")) == [
         "kubegraft.io/job-name,kubegraft.io/component=worker"
-    ]
-    assert selectors.collect(_core("configmaps", "ConfigMap")) == [
-        "kubegraft.io/job-name,kubegraft.io/component=progress"
     ]
     assert selectors.collect(_core("nodes", "Node")) == []  # every node matters
     jobs = kopf.Resource("kubegraft.io", "v1alpha1", "finetunejobs", namespaced=True)

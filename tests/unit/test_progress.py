@@ -1,12 +1,13 @@
 """Progress reports reach the file sink atomically and never break training on failure; the
 publisher's thread sends heartbeats, never blocks the caller, is rate-limited, logs a failure
-once and reuses one connection to the API server."""
+once and reuses one connection to the operator's progress endpoint."""
 
 from __future__ import annotations
 
 import http.server
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -14,11 +15,14 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from operator_harness import progress_tls_dir
 
 from kubegraft.progress import (
-    ENV_PROGRESS_CONFIGMAP,
+    ENV_PROGRESS_CA,
     ENV_PROGRESS_FILE,
-    ConfigMapSink,
+    ENV_PROGRESS_TOKEN_FILE,
+    ENV_PROGRESS_URL,
+    OperatorSink,
     ProgressPublisher,
     ProgressReport,
     publish,
@@ -41,12 +45,21 @@ def test_report_written_to_file_as_camel_case(
     assert list(tmp_path.glob("sub/.progress.json.*")) == []  # no temp file left behind
 
 
-def test_unreachable_configmap_sink_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_operator_sink_does_not_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(ENV_PROGRESS_FILE, raising=False)
-    monkeypatch.setenv(ENV_PROGRESS_CONFIGMAP, "ns/job-progress")
-    monkeypatch.setenv("KUBEGRAFT_API_SERVER", "https://127.0.0.1:1")
-    monkeypatch.setenv("KUBEGRAFT_API_TOKEN", "t")
+    (tmp_path / "token").write_text("t")
+    monkeypatch.setenv(
+        ENV_PROGRESS_URL, "https://127.0.0.1:1/v1/namespaces/ns/finetunejobs/j/progress"
+    )
+    monkeypatch.setenv(ENV_PROGRESS_TOKEN_FILE, str(tmp_path / "token"))
     publish(ProgressReport(step=1))  # must return quietly
+
+
+def test_operator_sink_refuses_plain_http() -> None:
+    with pytest.raises(ValueError, match="must be https"):
+        OperatorSink("http://operator:8443/v1/namespaces/ns/finetunejobs/j/progress")
 
 
 def test_round_trip_accepts_wire_names() -> None:
@@ -176,53 +189,63 @@ def test_only_the_first_failure_in_a_row_is_logged(caplog: pytest.LogCaptureFixt
 
 
 class _CountingHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the API server
+    """The operator's endpoint as rank 0 sees it: keep-alive HTTPS; the first request gets a
+    503 (a replica that does not reconcile the job), which closes that connection."""
+
+    protocol_version = "HTTP/1.1"
     peers: ClassVar[set[tuple[str, int]]] = set()
     bodies: ClassVar[list[dict[str, object]]] = []
+    requests = 0
 
-    def do_PATCH(self) -> None:
-        type(self).peers.add(self.client_address)
+    def do_POST(self) -> None:
+        cls = type(self)
+        cls.requests += 1
+        cls.peers.add(self.client_address)
         length = int(self.headers["Content-Length"])
-        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        body = json.loads(self.rfile.read(length))
         assert self.headers["Authorization"] == "Bearer t0k"
-        assert self.path == "/api/v1/namespaces/ns/configmaps/job-progress"
-        payload = b"{}"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
+        assert self.path == "/v1/namespaces/ns/finetunejobs/job/progress"
+        if cls.requests == 1:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            return
+        cls.bodies.append(body)
+        self.send_response(204)
         self.end_headers()
-        self.wfile.write(payload)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-def test_configmap_sink_reuses_one_connection() -> None:
+def test_operator_sink_retries_a_503_elsewhere_then_reuses_one_connection(
+    tmp_path: Path,
+) -> None:
+    tls = progress_tls_dir()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls / "tls.crt", tls / "tls.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    (tmp_path / "token").write_text("t0k\n")
     try:
         env = {
-            ENV_PROGRESS_CONFIGMAP: "ns/job-progress",
-            "KUBEGRAFT_API_SERVER": f"http://127.0.0.1:{server.server_address[1]}",
-            "KUBEGRAFT_API_TOKEN": "t0k",
+            ENV_PROGRESS_URL: f"https://127.0.0.1:{server.server_address[1]}"
+            "/v1/namespaces/ns/finetunejobs/job/progress",
+            ENV_PROGRESS_TOKEN_FILE: str(tmp_path / "token"),
+            ENV_PROGRESS_CA: (tls / "ca.crt").read_text(),
         }
         (sink,) = sinks_from_env(env)
-        assert isinstance(sink, ConfigMapSink)
+        assert isinstance(sink, OperatorSink)
         for step in range(5):
             sink.send(ProgressReport(step=step).to_json())
         sink.close()
     finally:
         server.shutdown()
         server.server_close()
-    assert sink.connections == 1
-    assert len(_CountingHandler.peers) == 1  # five PATCHes, one TCP connection
-    assert [
-        json.loads(str(b["data"]["progress.json"]))["step"] for b in _CountingHandler.bodies
-    ] == [  # type: ignore[index]
-        0,
-        1,
-        2,
-        3,
-        4,
-    ]
+    # The 503 closed the first connection; the retry and all later reports share the second.
+    assert sink.connections == 2
+    assert len(_CountingHandler.peers) == 2
+    assert [b["step"] for b in _CountingHandler.bodies] == [0, 1, 2, 3, 4]

@@ -23,6 +23,7 @@ from kubegraft.constants import (
     LABEL_NODE_RANK,
 )
 from kubegraft.launch import build_launch
+from kubegraft.progress import PROGRESS_AUDIENCE, PROGRESS_TOKEN_DIR
 from kubegraft_operator.render import render
 
 pytestmark = pytest.mark.unit
@@ -76,16 +77,7 @@ def test_basic_pods_rendezvous_labels_and_gpus() -> None:
     job = load("basic")
     objs = rendered(job, attempt=3)
     kinds = [o["kind"] for o in objs]
-    assert kinds == [
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "ConfigMap",
-        "ConfigMap",
-        "Service",
-        "Pod",
-        "Pod",
-    ]
+    assert kinds == ["ConfigMap", "Service", "Pod", "Pod"]
     ps = pods(objs)
     assert [p["metadata"]["name"] for p in ps] == ["sentiment-worker-0-a3", "sentiment-worker-1-a3"]
     for rank, p in enumerate(ps):
@@ -111,14 +103,23 @@ def test_basic_pods_rendezvous_labels_and_gpus() -> None:
             assert env[k] == v
         assert env["WORLD_SIZE"] == "8"
         assert env["NODE_RANK"] == str(rank)
-        # Only rank 0 reports progress and gets a token.
-        assert ("KUBEGRAFT_PROGRESS_CONFIGMAP" in env) == (rank == 0)
-        assert spec["automountServiceAccountToken"] == (rank == 0)
+        # Only rank 0 reports progress and gets a token: for the operator's endpoint only,
+        # no API token (automount off) on any rank.
+        assert ("KUBEGRAFT_PROGRESS_TOKEN_FILE" in env) == (rank == 0)
+        assert spec["automountServiceAccountToken"] is False
+        assert "serviceAccountName" not in spec  # the namespace's default ServiceAccount
+        projected = [v for v in spec["volumes"] if "projected" in v]
+        assert len(projected) == (rank == 0)
         owner = p["metadata"]["ownerReferences"][0]
         assert owner["uid"] == UID
         assert owner["controller"]
         assert owner["blockOwnerDeletion"]
-    assert env_of(ps[0])["KUBEGRAFT_PROGRESS_CONFIGMAP"] == "team-a/sentiment-progress"
+    token = ps[0]["spec"]["volumes"][-1]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token == {"audience": PROGRESS_AUDIENCE, "expirationSeconds": 3600, "path": "token"}
+    mounts = {m["name"]: m for m in ps[0]["spec"]["containers"][0]["volumeMounts"]}
+    token_dir = mounts["kubegraft-progress-token"]
+    assert (token_dir["mountPath"], token_dir["readOnly"]) == (PROGRESS_TOKEN_DIR, True)
+    assert env_of(ps[0])["KUBEGRAFT_PROGRESS_TOKEN_FILE"] == f"{PROGRESS_TOKEN_DIR}/token"
 
 
 def test_restricted_security_context_and_shm() -> None:
@@ -173,19 +174,11 @@ def test_user_labels_cannot_override_ownership_labels() -> None:
     assert p["metadata"]["labels"][LABEL_ATTEMPT] == "0"
 
 
-def test_progress_role_is_limited_to_one_config_map() -> None:
-    objs = rendered(load("full"))
-    role = next(o for o in objs if o["kind"] == "Role")
-    assert role["rules"] == [
-        {
-            "apiGroups": [""],
-            "resources": ["configmaps"],
-            "resourceNames": ["vision-progress"],
-            "verbs": ["get", "patch"],
-        }
-    ]
-    binding = next(o for o in objs if o["kind"] == "RoleBinding")
-    assert {s["name"] for s in binding["subjects"]} == {"vision-worker", "trainer"}
+def test_a_job_owns_one_config_object_a_service_and_its_pods_and_no_rbac() -> None:
+    for case in ("basic", "full"):
+        kinds = [o["kind"] for o in rendered(load(case))]
+        assert kinds[:2] == ["ConfigMap", "Service"]
+        assert set(kinds[2:]) == {"Pod"}
 
 
 def test_service_is_headless_and_config_holds_the_spec() -> None:

@@ -1,4 +1,4 @@
-"""The watch cache keeps only what observe reads (store.slim_pod / slim_progress).
+"""The watch cache keeps only what observe reads (store.slim_pod); reports by owner UID.
 
 A rendered worker pod (the ``full`` golden case) is dressed up as the API server returns it
 (uid, resourceVersion, managedFields, a scheduled node, statuses); the slim copy must give the
@@ -16,10 +16,9 @@ import pytest
 import yaml
 
 from kubegraft.api.v1alpha1 import FineTuneJob
-from kubegraft.progress import CONFIGMAP_KEY
 from kubegraft_operator.observe import observe_pod, observe_pods, observe_progress
 from kubegraft_operator.render import render_pod
-from kubegraft_operator.store import Store, slim_pod, slim_progress
+from kubegraft_operator.store import Store, slim_pod
 
 pytestmark = pytest.mark.unit
 
@@ -193,22 +192,13 @@ def test_deleting_the_last_pod_of_a_job_leaves_nothing_behind() -> None:
     assert key not in store.pods
 
 
-def test_slim_progress_keeps_only_the_report() -> None:
-    report = {"step": 10, "epoch": 1.0, "train_loss": 0.5}
-    cm = {
-        "metadata": {
-            "name": "j-progress",
-            "namespace": "ns",
-            "resourceVersion": "9",
-            "labels": {"kubegraft.io/job-name": "j", "app.kubernetes.io/component": "progress"},
-            "managedFields": [{"manager": "trainer", "fieldsV1": {"f:data": {}}}],
-        },
-        "data": {CONFIGMAP_KEY: json.dumps(report), "other": "x" * 1000},
-    }
-    slim = slim_progress(cm)
-    assert slim["data"] == {CONFIGMAP_KEY: json.dumps(report)}
-    assert "managedFields" not in slim["metadata"]
-    assert observe_progress(slim) == observe_progress(cm) is not None
+def test_reports_are_kept_by_job_with_their_owner_uid() -> None:
     store = Store()
-    assert store.put_progress(cm) == ("ns", "j")
-    assert store.progress[("ns", "j")] == slim
+    report = json.dumps({"step": 10, "epoch": 1.0, "trainLoss": 0.5})
+    store.put_report(("ns", "j"), "uid-1", report)
+    assert store.progress[("ns", "j")] == ("uid-1", report)
+    seen = store.observation(("ns", "j"), "uid-1").progress
+    assert seen is not None
+    assert (seen.step, seen.train_loss) == (10, 0.5)
+    assert store.observation(("ns", "j"), "uid-2").progress is None  # another job's
+    assert observe_progress(report) == seen

@@ -1,0 +1,49 @@
+"""The operator decodes kopf's watch events and its own answers with orjson
+(:mod:`kubegraft_operator.codec`): same values, and kopf's watch stream really uses it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+POD_EVENT = {
+    "type": "MODIFIED",
+    "object": {
+        "kind": "Pod",
+        "metadata": {"name": "j-worker-0-a0", "labels": {"kubegraft.io/node-rank": "0"}},
+        "status": {"phase": "Running", "containerStatuses": [{"restartCount": 0, "ready": True}]},
+        "spec": {"terminationGracePeriodSeconds": 120, "x": 1.5, "n": None, "u": "é ✓"},
+    },
+}
+
+
+def test_orjson_decodes_to_the_same_values_as_the_standard_library() -> None:
+    from kubegraft_operator import codec
+
+    text = json.dumps(POD_EVENT)
+    assert codec.loads(text) == codec.loads(text.encode()) == json.loads(text) == POD_EVENT
+    # Everything else of the json module is the standard library's.
+    assert codec.ORJSON_JSON.dumps is json.dumps
+    assert codec.ORJSON_JSON.JSONDecodeError is json.JSONDecodeError
+
+
+def test_kopf_watch_stream_decodes_with_orjson_once_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kopf._cogs.clients import api as kopf_api
+
+    from kubegraft_operator import codec
+
+    # kopf's watch stream decodes each line with the ``json`` of its api module; if a kopf
+    # upgrade moves that call, the patch would silently do nothing: fail here instead.
+    assert "json.loads(line" in inspect.getsource(kopf_api.stream)
+    monkeypatch.setattr(kopf_api, "json", json)
+    codec.use_for_kopf_watches()
+    assert kopf_api.json is codec.ORJSON_JSON
+    assert kopf_api.json.loads is codec.loads
+    line = json.dumps(POD_EVENT).encode()
+    assert kopf_api.json.loads(line.decode("utf-8")) == POD_EVENT
