@@ -29,6 +29,8 @@ ENV_METRICS_PORT = "KUBEGRAFT_METRICS_PORT"
 """Port of rank 0's Prometheus /metrics endpoint (0 disables it)."""
 
 ENV_ATTEMPT = "KUBEGRAFT_ATTEMPT"
-"""Gang attempt number, for logs and metrics labels."""
+"""Gang attempt number (status.attempt, from 0), for logs and the trainer's attempt gauge."""
+ENV_PREEMPTIONS = "KUBEGRAFT_PREEMPTIONS"
+"""The job's disruptions before this attempt (status.disruptions), for the preemptions gauge."""
 
 DEFAULT_METRICS_PORT = 9400

@@ -485,7 +485,14 @@ def _create_gang(ctx: _Ctx, stale: list[PodObservation], missing: list[int]) -> 
     d.create.extend(render_infrastructure(ctx.job, namespace=ctx.namespace, uid=ctx.uid))
     for rank in missing:
         d.create.append(
-            render_pod(ctx.job, namespace=ctx.namespace, uid=ctx.uid, rank=rank, attempt=st.attempt)
+            render_pod(
+                ctx.job,
+                namespace=ctx.namespace,
+                uid=ctx.uid,
+                rank=rank,
+                attempt=st.attempt,
+                disruptions=st.disruptions,
+            )
         )
     n = ctx.job.spec.distributed.nodes
     ctx.set(

@@ -1,7 +1,7 @@
 """Render a FineTuneJob into the Kubernetes objects it needs: a pure function, golden-tested.
 
-``render(job, namespace=, uid=, attempt=)`` returns plain dicts (the wire form), in creation
-order: the infrastructure that outlives attempts (headless Service, config and progress
+``render(job, namespace=, uid=, attempt=, disruptions=)`` returns plain dicts (the wire form),
+in creation order: the infrastructure that outlives attempts (headless Service, config and progress
 ConfigMaps, the per-job ServiceAccount/Role/RoleBinding), then one worker pod per node for
 this attempt. Nothing here talks to the API server, reads the clock or the environment, so the
 same job always renders to the same bytes (``tests/data/golden/``).
@@ -25,6 +25,7 @@ from kubegraft.constants import (
     DEFAULT_METRICS_PORT,
     ENV_ATTEMPT,
     ENV_METRICS_PORT,
+    ENV_PREEMPTIONS,
     LABEL_ATTEMPT,
     LABEL_COMPONENT,
     LABEL_JOB_NAME,
@@ -81,6 +82,17 @@ spec.pod.env comes after these, so a user can point them elsewhere (e.g. a volum
 pre-filled Hub cache)."""
 RUN_AS_USER = 1000
 """A fixed non-root UID: runAsNonRoot alone fails for images whose user is root by name."""
+METRICS_PORT_NAME = "metrics"
+"""Rank 0's container port that serves the trainer's /metrics (the chart's PodMonitor scrapes
+the port of this name; other ranks serve nothing and have no such port)."""
+METRICS_PATH = "/metrics"
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(DEFAULT_METRICS_PORT),
+    "prometheus.io/path": METRICS_PATH,
+}
+"""On rank 0's pod, for Prometheus set-ups without the Prometheus Operator (the usual
+``kubernetes-pods`` scrape job); the job's own spec.pod.annotations win over these."""
 
 
 def gpus_per_node(job: FineTuneJob) -> int:
@@ -248,7 +260,9 @@ def _resources(job: FineTuneJob) -> Obj:
     return out
 
 
-def _env(job: FineTuneJob, *, namespace: str, rank: int, attempt: int) -> list[Obj]:
+def _env(
+    job: FineTuneJob, *, namespace: str, rank: int, attempt: int, disruptions: int
+) -> list[Obj]:
     name = job.metadata.name
     config_path = f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}"
     launch = build_launch(
@@ -259,6 +273,7 @@ def _env(job: FineTuneJob, *, namespace: str, rank: int, attempt: int) -> list[O
     )
     env: list[Obj] = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
     env.append({"name": ENV_ATTEMPT, "value": str(attempt)})
+    env.append({"name": ENV_PREEMPTIONS, "value": str(disruptions)})
     env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     if rank == 0:
         env.append({"name": ENV_METRICS_PORT, "value": str(DEFAULT_METRICS_PORT)})
@@ -297,8 +312,11 @@ def _token_volume(job: FineTuneJob) -> list[Obj]:
     ]
 
 
-def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt: int) -> Obj:
-    """Worker pod ``rank`` of gang ``attempt``."""
+def render_pod(
+    job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt: int, disruptions: int = 0
+) -> Obj:
+    """Worker pod ``rank`` of gang ``attempt``; ``disruptions`` is the job's count before
+    this attempt (status.disruptions), which the trainer exports as its preemptions gauge."""
     name = job.metadata.name
     spec = job.spec
     p = spec.pod
@@ -319,7 +337,9 @@ def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt
         {"name": "rendezvous", "containerPort": spec.distributed.master_port, "protocol": "TCP"}
     ]
     if rank == 0:
-        ports.append({"name": "metrics", "containerPort": DEFAULT_METRICS_PORT, "protocol": "TCP"})
+        ports.append(
+            {"name": METRICS_PORT_NAME, "containerPort": DEFAULT_METRICS_PORT, "protocol": "TCP"}
+        )
     output_volume: Obj = (
         {
             "name": "output",
@@ -333,7 +353,7 @@ def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt
         "image": p.image,
         "imagePullPolicy": p.image_pull_policy,
         "command": argv,
-        "env": _env(job, namespace=namespace, rank=rank, attempt=attempt),
+        "env": _env(job, namespace=namespace, rank=rank, attempt=attempt, disruptions=disruptions),
         "ports": ports,
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
@@ -398,7 +418,7 @@ def render_pod(job: FineTuneJob, *, namespace: str, uid: str, rank: int, attempt
         pod_spec["affinity"] = p.affinity
     if p.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in p.image_pull_secrets]
-    annotations = dict(p.annotations)
+    annotations = {**(SCRAPE_ANNOTATIONS if rank == 0 else {}), **p.annotations}
     if KUEUE_QUEUE_LABEL in labels:
         labels[KUEUE_POD_GROUP_LABEL] = f"{name}-a{attempt}"
         annotations[KUEUE_POD_GROUP_COUNT] = str(spec.distributed.nodes)
@@ -423,17 +443,23 @@ def render_infrastructure(job: FineTuneJob, *, namespace: str, uid: str) -> list
     ]
 
 
-def render_pods(job: FineTuneJob, *, namespace: str, uid: str, attempt: int) -> list[Obj]:
+def render_pods(
+    job: FineTuneJob, *, namespace: str, uid: str, attempt: int, disruptions: int = 0
+) -> list[Obj]:
     """All worker pods of one gang attempt, rank 0 first."""
     return [
-        render_pod(job, namespace=namespace, uid=uid, rank=r, attempt=attempt)
+        render_pod(
+            job, namespace=namespace, uid=uid, rank=r, attempt=attempt, disruptions=disruptions
+        )
         for r in range(job.spec.distributed.nodes)
     ]
 
 
-def render(job: FineTuneJob, *, namespace: str, uid: str, attempt: int) -> list[Obj]:
+def render(
+    job: FineTuneJob, *, namespace: str, uid: str, attempt: int, disruptions: int = 0
+) -> list[Obj]:
     """Everything a job needs for gang ``attempt``: infrastructure first, then the pods."""
     return [
         *render_infrastructure(job, namespace=namespace, uid=uid),
-        *render_pods(job, namespace=namespace, uid=uid, attempt=attempt),
+        *render_pods(job, namespace=namespace, uid=uid, attempt=attempt, disruptions=disruptions),
     ]

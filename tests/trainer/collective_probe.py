@@ -49,14 +49,14 @@ ENV_REPORT = "KUBEGRAFT_PROBE_REPORT"
 
 
 CLASSIFICATION_SITES = {
-    "loop._train",
+    "loop._reduce_window",
     "evaluation.evaluate",
     "feature_cache.compute_features",
     "signals.agreed",
     "checkpointing.ranks_agreeing",
 }
 CAUSAL_LM_SITES = {
-    "loop._train",
+    "loop._reduce_window",
     "loop._evaluate_lm",
     "signals.agreed",
     "checkpointing.ranks_agreeing",

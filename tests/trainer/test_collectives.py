@@ -6,12 +6,13 @@ device that is not the CPU (PyTorch's CPU-backed lazy device), and fails any col
 trainer issues with a tensor elsewhere, which is what NCCL would do with a CPU tensor. The
 data still flows (through gloo on CPU copies), so the run completes and its results are real.
 
-Each run must pass through every collective path: the logged loss (``loop._train``), the
-checkpoint agreement (``checkpointing.ranks_agreeing``), evaluation
-(``evaluation.evaluate``), the causal-LM evaluation (``loop._evaluate_lm``), the frozen-feature
-cache (``feature_cache.compute_features``) and the preemption flag (``signals.agreed``); all of
-them issued by the helpers of ``kubegraft_trainer.collectives``. World size 1 runs through
-torchrun too: its process group is real and its collectives must run, not be skipped.
+Each run must pass through every collective path: the logging window (loss, samples, tokens
+and GPU memory over all ranks, ``loop._reduce_window``), the checkpoint agreement
+(``checkpointing.ranks_agreeing``), evaluation (``evaluation.evaluate``), the causal-LM
+evaluation (``loop._evaluate_lm``), the frozen-feature cache (``feature_cache.compute_features``)
+and the preemption flag (``signals.agreed``); all of them issued by the helpers of
+``kubegraft_trainer.collectives``. World size 1 runs through torchrun too: its process group
+is real and its collectives must run, not be skipped.
 """
 
 from __future__ import annotations

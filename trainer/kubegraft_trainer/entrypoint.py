@@ -51,9 +51,12 @@ def format_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
     return "\n".join(lines)
 
 
-def load_job(path: str | os.PathLike[str]) -> tuple[FineTuneJobSpec, str, str | None]:
-    """The spec, job name and job uid (None without one, e.g. under ``kubegraft run``) of a
-    manifest file (a whole FineTuneJob, or just its spec)."""
+def load_job(
+    path: str | os.PathLike[str],
+) -> tuple[FineTuneJobSpec, str, str | None, str | None]:
+    """The spec, job name, job uid and namespace (None without one, e.g. under ``kubegraft
+    run``) of a manifest file (a whole FineTuneJob, or just its spec). The operator renders
+    all four into the pod's job.yaml."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
@@ -66,8 +69,9 @@ def load_job(path: str | os.PathLike[str]) -> tuple[FineTuneJobSpec, str, str | 
         if "spec" in doc:
             job = FineTuneJob.model_validate(doc)
             uid = (job.metadata.model_extra or {}).get("uid")
-            return job.spec, job.metadata.name, str(uid) if uid else None
-        return FineTuneJobSpec.model_validate(doc), "job", None
+            namespace = job.metadata.namespace
+            return job.spec, job.metadata.name, str(uid) if uid else None, namespace or None
+        return FineTuneJobSpec.model_validate(doc), "job", None, None
     except ValidationError as exc:
         raise ConfigError(
             "invalid manifest:\n"
@@ -128,13 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(
                 f"no manifest: pass --config or set {ENV_JOB_CONFIG}", field="--config"
             )
-        spec, name, uid = load_job(args.config)
+        spec, name, uid, namespace = load_job(args.config)
         output = Path(spec.output.path)
         from kubegraft_trainer.loop import Trainer
         from kubegraft_trainer.signals import Preempted
 
         try:
-            result = Trainer(spec, job_name=name, preemption=flag, job_uid=uid).run()
+            result = Trainer(
+                spec, job_name=name, preemption=flag, job_uid=uid, namespace=namespace
+            ).run()
         except Preempted as exc:
             code, message = int(ExitCode.PREEMPTED), str(exc)
             log.warning("%s", exc)

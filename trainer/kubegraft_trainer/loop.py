@@ -70,7 +70,7 @@ from kubegraft_trainer.feature_cache import (
     feature_collate,
 )
 from kubegraft_trainer.freeze import FreezePolicy
-from kubegraft_trainer.metrics_exporter import TrainingMetrics
+from kubegraft_trainer.metrics_exporter import LogWindow, TrainingMetrics, run_info_from_env
 from kubegraft_trainer.pretrained import ModelBundle, load_model, without_zero3_init
 from kubegraft_trainer.run_identity import identity_problem, job_uid, run_identity
 from kubegraft_trainer.signals import Preempted, PreemptionFlag
@@ -134,6 +134,20 @@ def lr_lambda(kind: SchedulerKind, *, warmup: int, total: int) -> Callable[[int]
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
+
+
+def batch_counts(micro: list[dict[str, torch.Tensor]]) -> tuple[int, int | None]:
+    """Examples and non-padding tokens in the micro-batches of one step, as processed: an
+    epoch's short last batch counts what it holds. Tokens are None for batches without token
+    ids (images, cached features)."""
+    samples = sum(int(b["labels"].shape[0]) for b in micro)
+    if not all("input_ids" in b for b in micro):
+        return samples, None
+    tokens = sum(
+        int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["input_ids"].numel())
+        for b in micro
+    )
+    return samples, tokens
 
 
 def warmup_steps(spec: FineTuneJobSpec, total: int) -> int:
@@ -234,15 +248,21 @@ class Trainer:
         job_name: str,
         preemption: PreemptionFlag | None = None,
         job_uid: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.spec = spec
         self.job_name = job_name
+        self.namespace = namespace
         self.job_uid = job_uid
         self.output = Path(spec.output.path)
         self.preemption = preemption or PreemptionFlag()
         self.deepspeed = spec.distributed.strategy == Strategy.DEEPSPEED
         self.task = spec.model.task
         self.metrics: TrainingMetrics | None = None
+        self.grad_norm: float | None = None
+        """Global gradient norm (before clipping) of the last optimizer step."""
+        self.samples_this_run = 0
+        """Training examples processed by all ranks in this process's run (counted)."""
         self.progress: ProgressPublisher | None = None
 
     # ---------------------------------------------------------------------------- setup
@@ -261,7 +281,7 @@ class Trainer:
                 sinks_from_env(), interval=spec.run_policy.progress_interval_seconds
             ).start()
             self.output.mkdir(parents=True, exist_ok=True)
-            self.metrics = TrainingMetrics(self.job_name)
+            self.metrics = TrainingMetrics(namespace=self.namespace, finetunejob=self.job_name)
             port = self.metrics.serve()
             if port:
                 log.info("serving Prometheus metrics on :%d/metrics", port)
@@ -643,10 +663,17 @@ class Trainer:
                 self.acc.backward(loss * rescale)
             total += float(loss.detach())
         if not self.deepspeed:
-            if t.max_grad_norm is not None:
-                params = [p for p in self.model.parameters() if p.requires_grad]
-                self.acc.clip_grad_norm_(params, t.max_grad_norm)
+            # The norm is measured whether or not it is clipped (max_norm inf scales by 1):
+            # the grad_norm gauge. After DDP's all-reduce every rank has the global gradient.
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            norm = self.acc.clip_grad_norm_(
+                params, t.max_grad_norm if t.max_grad_norm is not None else math.inf
+            )
+            self.grad_norm = float(norm) if norm is not None else None
             self.optimizer.step()
+        else:  # the engine clipped and stepped on the boundary, and kept the global norm
+            norm = getattr(self.wrapped, "get_global_grad_norm", lambda: None)()
+            self.grad_norm = float(norm) if norm is not None else None
         self.scheduler.step()  # under DeepSpeed a no-op: the engine stepped it on the boundary
         self.optimizer.zero_grad(set_to_none=True)
         return total / n
@@ -657,6 +684,7 @@ class Trainer:
         bs = max(self.spec.training.per_device_batch_size, 32)
         results: dict[str, Any] = {}
         for name, (ds, collate) in self.eval_sources.items():
+            started = time.perf_counter()
             sampler = ResumableDistributedSampler(
                 len(ds),  # type: ignore[arg-type]
                 num_replicas=self.world,
@@ -676,7 +704,7 @@ class Trainer:
                     per_class=False,
                 )
             if self.metrics:
-                self.metrics.on_eval(name, results[name])
+                self.metrics.on_eval(name, results[name], seconds=time.perf_counter() - started)
         self.wrapped.train()
         self._set_train_mode()
         return results
@@ -757,6 +785,7 @@ class Trainer:
     def _save(self, *, is_best: bool = False) -> Path | None:
         self._report(phase="saving")
         self.state.freeze = self.policy.state_dict()
+        started = time.perf_counter()
         path = self.ckpt.save(
             self.acc,
             step=self.state.step,
@@ -769,7 +798,7 @@ class Trainer:
             self._report(phase="training")
             return None
         if self.metrics:
-            self.metrics.on_checkpoint()
+            self.metrics.on_checkpoint(seconds=time.perf_counter() - started, timestamp=time.time())
         self._report(
             phase="training", latest_checkpoint=str(path), latest_checkpoint_step=self.state.step
         )
@@ -790,6 +819,8 @@ class Trainer:
         with self.preemption.interruptible("loading"):
             self._setup()
         self._cache_features()
+        if self.metrics:
+            self.metrics.on_start(run_info_from_env(self.total_steps), step=self.state.step)
         t = self.spec.training
         ds, collate = self.train_source
         sampler = ResumableDistributedSampler(
@@ -812,9 +843,7 @@ class Trainer:
             self._stop(stop.phase)
         loop_seconds = time.perf_counter() - self.train_started
         self.train_seconds = self.cache_seconds + loop_seconds
-        self.samples_per_second = round(
-            self.steps_this_run * self.samples_per_step / max(loop_seconds, 1e-9), 2
-        )
+        self.samples_per_second = round(self.samples_this_run / max(loop_seconds, 1e-9), 2)
         # Everything is in the last checkpoint: an export cut short is simply redone.
         with self.preemption.interruptible("exporting"):
             return self._finish(started)
@@ -830,9 +859,24 @@ class Trainer:
         t = self.spec.training
         bs, gas = t.per_device_batch_size, t.gradient_accumulation_steps
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-        throughput: float | None = None
+        window_samples, window_tokens = 0, 0
         self.train_started = train_started = time.perf_counter()
         self.steps_this_run = 0
+
+        def log_window() -> None:
+            """Collective: every rank at the same steps (logging boundaries, the end)."""
+            nonlocal window_loss, window_steps, window_start, window_samples, window_tokens
+            window = self._reduce_window(
+                window_loss / window_steps, window_samples, window_tokens, train_started
+            )
+            elapsed = time.perf_counter() - window_start
+            self.state.train_loss = window.loss
+            self.samples_per_second = round(window.samples / max(elapsed, 1e-9), 2)
+            self.samples_this_run += window.samples
+            self._log_step(window, window.samples / max(elapsed, 1e-9))
+            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            window_samples, window_tokens = 0, 0
+
         while self.state.step < self.total_steps and not self.state.stopped_early:
             sampler.set_epoch(self.state.epoch)
             sampler.skip(self.state.batches_done * bs)
@@ -841,6 +885,7 @@ class Trainer:
             )
             epoch_end = False
             while not epoch_end and self.state.step < self.total_steps:
+                step_started = time.perf_counter()
                 stage = self.policy.stage_at(epoch=self.state.epoch, step=self.state.step)
                 if stage != self.policy.stage:
                     self.policy.apply(self.model, stage=stage)
@@ -851,6 +896,17 @@ class Trainer:
                 micro = [next(batches) for _ in range(n_micro)]
                 loss = self._optimizer_step(micro)
                 self.state.step += 1
+                samples, tokens = batch_counts(micro)
+                window_samples += samples
+                window_tokens += tokens if tokens is not None else -1  # < 0: no text batches
+                if self.metrics:
+                    self.metrics.on_step(
+                        step=self.state.step,
+                        seconds=time.perf_counter() - step_started,
+                        lr=self._lr(),
+                        grad_norm=self.grad_norm,
+                        timestamp=time.time(),
+                    )
                 if self.progress is not None:  # carried by the next heartbeat
                     self.progress.update(step=self.state.step, urgent=False)
                 self.steps_this_run += 1
@@ -863,15 +919,7 @@ class Trainer:
                     epoch_end = True
 
                 if self.state.step % t.log_every_steps == 0 or self.state.step == self.total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    throughput = window_steps * self.samples_per_step / max(elapsed, 1e-9)
-                    mean_loss = float(gather_all(torch.tensor([window_loss / window_steps])).mean())
-                    self.state.train_loss = mean_loss
-                    self.samples_per_second = round(throughput, 2)
-                    self._log_step(
-                        mean_loss, throughput, window_steps, train_started, self.steps_this_run
-                    )
-                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                    log_window()
 
                 self._poll_stop("training")
 
@@ -894,6 +942,10 @@ class Trainer:
                         log.info("early stopping at step %d", self.state.step)
                     break
 
+        if window_steps:  # stopped early inside a logging window: count its work too
+            log_window()
+        if self.metrics:
+            self.metrics.on_end(step=self.state.step)
         if last_eval_step != self.state.step:
             is_best = self._after_eval(self._evaluate())
             if is_best:
@@ -902,46 +954,51 @@ class Trainer:
             self._save()
         self._poll_stop("saving")  # a SIGTERM during the last evaluation or save
 
-    def _log_step(
-        self, loss: float, throughput: float, window: int, train_started: float, steps_run: int
-    ) -> None:
+    def _lr(self) -> float:
+        if hasattr(self.scheduler, "get_last_lr"):
+            return float(self.scheduler.get_last_lr()[0])
+        return 0.0
+
+    def _reduce_window(
+        self, loss: float, samples: int, tokens: int, train_started: float
+    ) -> LogWindow:
+        """The logging window over all ranks, in one collective that every rank joins: sums
+        of samples and tokens, the mean loss, the max of GPU memory (CUDA only)."""
+        cuda = self.acc.device.type == "cuda"
+        allocated = torch.cuda.memory_allocated(self.acc.device) if cuda else 0
+        peak = torch.cuda.max_memory_allocated(self.acc.device) if cuda else 0
+        row = torch.tensor([[loss, samples, tokens, allocated, peak]], dtype=torch.float64)
+        table = gather_all(row)
+        per_step = (time.perf_counter() - train_started) / max(self.steps_this_run, 1)
+        return LogWindow(
+            loss=float(table[:, 0].mean()),
+            samples=int(table[:, 1].sum()),
+            tokens=int(table[:, 2].sum()) if bool((table[:, 2] >= 0).all()) else None,
+            epoch=self.state.epoch + self.state.batches_done / max(self.micro_used, 1),
+            eta_seconds=per_step * (self.total_steps - self.state.step),
+            gpu_memory_allocated_bytes=int(table[:, 3].max()) if cuda else None,
+            gpu_memory_peak_bytes=int(table[:, 4].max()) if cuda else None,
+        )
+
+    def _log_step(self, window: LogWindow, throughput: float) -> None:
         if not self.main:
             return
-        lr = (
-            float(self.scheduler.get_last_lr()[0])
-            if hasattr(self.scheduler, "get_last_lr")
-            else 0.0
-        )
-        per_step = (time.perf_counter() - train_started) / max(steps_run, 1)
-        eta = int(per_step * (self.total_steps - self.state.step))
-        epoch = self.state.epoch + self.state.batches_done / max(self.micro_used, 1)
         log.info(
             "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s",
             self.state.step,
             self.total_steps,
-            epoch,
-            loss,
-            lr,
+            window.epoch,
+            window.loss,
+            self._lr(),
             throughput,
         )
         if self.metrics:
-            self.metrics.on_step(
-                step=self.state.step,
-                total=self.total_steps,
-                epoch=epoch,
-                samples=window * self.samples_per_step,
-                loss=loss,
-                lr=lr,
-                samples_per_second=throughput,
-            )
-            # on_step counts one step; add the rest of the window
-            if window > 1:
-                self.metrics.steps.labels(self.job_name).inc(window - 1)
+            self.metrics.on_log(window)
         self._report(
             phase="training",
-            epoch=round(epoch, 4),
+            epoch=round(window.epoch, 4),
             samples_per_second=round(throughput, 2),
-            eta_seconds=eta,
+            eta_seconds=int(window.eta_seconds),
         )
 
     def _finish(self, started: float) -> dict[str, Any]:
