@@ -35,11 +35,11 @@ from typing import Any
 
 import pytest
 import yaml
-from local_kubelet import LocalKubelet, ca_file_from_kubeconfig
+from local_kubelet import LocalKubelet, LocalPod, ca_file_from_kubeconfig
 from operator_harness import Kube, OperatorProcess, job_manifest, repo_root, state_is, wait_for
 from test_local_gang import finished, quickstart_job
 
-from kubegraft.constants import ENV_METRICS_PORT, LABEL_JOB_NAME
+from kubegraft.constants import ENV_METRICS_FINAL_SCRAPE, ENV_METRICS_PORT, LABEL_JOB_NAME
 from kubegraft.devcluster.cluster import Cluster, free_port
 from kubegraft.devcluster.prometheus import Prometheus
 
@@ -173,6 +173,8 @@ def test_every_dashboard_query_returns_data_and_the_rules_evaluate(
     steps = 40
     job = quickstart_job(JOB, output, max_steps=steps, checkpoint_every=10)
     job["spec"]["training"]["evalEverySteps"] = 10
+    # rank 0 waits (up to a minute) for a scrape of its final values before it exits
+    job["spec"]["pod"]["env"] = [{"name": ENV_METRICS_FINAL_SCRAPE, "value": "60"}]
     kube.create_job(namespace, job)
     flaky = job_manifest(
         "flaky", nodes=2, outcome="fail", exit_code=137, delay="1s",
@@ -184,11 +186,12 @@ def test_every_dashboard_query_returns_data_and_the_rules_evaluate(
     kube.create_job(namespace, refused)
 
     # rank 0's metrics port: the local kubelet gave the pod's KUBEGRAFT_METRICS_PORT a free one
-    rank0 = wait_for(
-        lambda: (kubelet.check(), (p := kubelet.pod(f"{JOB}-worker-0-a0")) and p.env and p)[1],
-        RUN_TIMEOUT,
-        message="rank 0 started",
-    )
+    def rank0_started() -> LocalPod | None:
+        kubelet.check()
+        pod = kubelet.pod(f"{JOB}-worker-0-a0")
+        return pod if pod is not None and pod.env else None
+
+    rank0 = wait_for(rank0_started, RUN_TIMEOUT, message="rank 0 started")
     targets = {
         "kubegraft-trainer": [f"127.0.0.1:{rank0.env[ENV_METRICS_PORT]}"],
         "kubegraft-operator": [f"127.0.0.1:{operator.metrics_port}"],
@@ -209,7 +212,7 @@ def test_every_dashboard_query_returns_data_and_the_rules_evaluate(
         summary = json.loads((output / "metrics.json").read_text())
         # the trainer was scraped through to its end: the final step and evaluation
         prom.wait_for(f"last_over_time(kubegraft_trainer_progress_ratio{{{selector}}}[15m]) == 1")
-        prom.wait_for(f'kubegraft_operator_gang_restarts_total{{reason!=""}} >= 1', 60)
+        prom.wait_for('kubegraft_operator_gang_restarts_total{reason!=""} >= 1', 60)
         prom.wait_for('kubegraft_operator_api_errors_total{code="403"} >= 1', 60)
         prom.wait_for('ALERTS{alertname="KubegraftJobFailed", finetunejob="flaky"}', 60)
         end = time.time()
