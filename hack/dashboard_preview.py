@@ -146,16 +146,22 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.4g}"
 
 
+def clock(t: float) -> str:
+    """A unix time as the dashboard's time axis shows it (UTC)."""
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+
+
 def render(model: dict[str, Any], panels: Sequence[PanelData], out: Path) -> Path:
     """The dashboard's grid (24 columns) with each panel drawn from its data, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.dates import DateFormatter, date2num
     from matplotlib.ticker import FuncFormatter
 
     data = {p.id: p for p in panels}
+    times = [t for p in panels for s in p.series for t, _ in s.points]
+    span = (min(times), max(times)) if times else None
     grid = {p["id"]: p["gridPos"] for p in model["panels"]}
     rows = {p["id"]: p["title"] for p in model["panels"] if p["type"] == "row"}
     height = max(g["y"] + g["h"] for g in grid.values())
@@ -164,18 +170,19 @@ def render(model: dict[str, Any], panels: Sequence[PanelData], out: Path) -> Pat
     fig.suptitle(model["title"], color="white", x=0.01, ha="left", fontsize=13)
     top = 1 - 0.6 / (height * row + 0.6)
 
-    def box(g: dict[str, int]) -> tuple[float, float, float, float]:
+    def box(g: dict[str, int], stat: bool) -> tuple[float, float, float, float]:
         x0, w = g["x"] / 24, g["w"] / 24
         y1 = top * (1 - g["y"] / height)
         h = top * g["h"] / height
-        return (x0 + 0.004, y1 - h + 0.012, w - 0.008, h - 0.03)
+        pad = 0.0 if stat else 0.035  # room for the value axis' labels
+        return (x0 + 0.004 + pad, y1 - h + 0.02, w - 0.008 - pad, h - 0.045)
 
     for pid, title in rows.items():
         g = grid[pid]
         fig.text(0.005, top * (1 - (g["y"] + 0.6) / height), title, color="#ccccdc", fontsize=11,
                  weight="bold")  # fmt: skip
     for pid, p in data.items():
-        ax = fig.add_axes(box(grid[pid]), facecolor="#111217")
+        ax = fig.add_axes(box(grid[pid], p.kind == "stat"), facecolor="#111217")
         ax.set_title(p.title, color="#ccccdc", fontsize=9, loc="left")
         for spine in ax.spines.values():
             spine.set_color("#2c3235")
@@ -201,9 +208,15 @@ def render(model: dict[str, Any], panels: Sequence[PanelData], out: Path) -> Pat
                         ha="center", va="center", fontsize=6, transform=ax.transAxes)  # fmt: skip
             continue
         for s in drawn:
-            times = date2num([datetime.fromtimestamp(t, UTC) for t, _ in s.points])  # type: ignore[no-untyped-call]
-            ax.plot(times, [v for _, v in s.points], linewidth=1.2, label=s.legend[:48])
-        ax.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))  # type: ignore[no-untyped-call]
+            ax.plot(
+                [t for t, _ in s.points],
+                [v for _, v in s.points],
+                linewidth=1.2,
+                label=s.legend[:48],
+            )
+        if span is not None:  # one time range for every panel, as on a dashboard
+            ax.set_xlim(span[0], span[1])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: clock(t)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _, unit=p.unit: format_value(v, unit)))
         ax.grid(color="#2c3235", linewidth=0.5)
         ax.legend(fontsize=6, loc="best", facecolor="#181b1f", labelcolor="#ccccdc",

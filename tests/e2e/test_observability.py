@@ -20,6 +20,7 @@ What cannot run here, said plainly:
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import importlib.util
 import json
@@ -103,7 +104,8 @@ def dcgm(namespace: str) -> Iterator[str]:
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            with contextlib.suppress(ConnectionError):  # a scrape that timed out under load
+                self.wfile.write(body)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -171,7 +173,8 @@ def test_every_dashboard_query_returns_data_and_the_rules_evaluate(
 ) -> None:
     output = tmp_path / "output"
     steps = 40
-    job = quickstart_job(JOB, output, max_steps=steps, checkpoint_every=10)
+    # features not cached: the trainer sees token ids, so tokens/s has data
+    job = quickstart_job(JOB, output, max_steps=steps, cache_features=False, checkpoint_every=10)
     job["spec"]["training"]["evalEverySteps"] = 10
     # rank 0 waits (up to a minute) for a scrape of its final values before it exits
     job["spec"]["pod"]["env"] = [{"name": ENV_METRICS_FINAL_SCRAPE, "value": "60"}]
