@@ -76,6 +76,26 @@ DISRUPTION_REASONS = frozenset({"Evicted", "Preempting", "NodeLost", "Terminated
 eviction, preemption by a critical pod, a lost node, a graceful node shutdown (container
 termination reasons never use these names)."""
 OOM_KILLED = "OOMKilled"
+RESTART_REASONS = frozenset(
+    {
+        *DISRUPTION_REASONS,
+        OOM_KILLED,
+        "NodeLost",
+        "PodDeleted",
+        "Stalled",
+        *(describe(code) for code in (*ExitCode, 137, 143)),
+    }
+)
+"""The gang-restart reasons this module gives (``_restart``'s callers); a failed pod's own
+status reason that is none of them (any string a kubelet or another controller may write) is
+counted as OTHER_REASON, so the restarts-by-reason counter has a bounded set of series."""
+OTHER_REASON = "Other"
+
+
+def restart_reason_label(reason: str) -> str:
+    """The restart counter's ``reason`` label: the reason when it is one of ours, else Other."""
+    return reason if reason in RESTART_REASONS else OTHER_REASON
+
 
 WARNING_REASONS = frozenset(
     {
@@ -116,7 +136,12 @@ class Decision:
     delete_job: bool = False
     """ttlSecondsAfterFinished has passed: delete the FineTuneJob itself."""
     gang_restart_reason: str | None = None
-    """Set when this decision restarts the gang (for the restarts-by-reason counter)."""
+    """Set when this decision restarts the gang, for the restarts-by-reason counter: one of
+    RESTART_REASONS or OTHER_REASON (the condition and the Event keep the pod's own reason)."""
+    queue_wait_seconds: float | None = None
+    """Set when this decision creates a whole gang that was waiting, not restarting: seconds
+    since the job's creation (first gang; suspended or queued time included) or its resume (a
+    job that had run, suspended and resumed). For the queue-wait histogram."""
 
 
 @dataclass
@@ -463,6 +488,7 @@ def _create_gang(ctx: _Ctx, stale: list[PodObservation], missing: list[int]) -> 
     st = ctx.status
     if _waiting_for_previous_job(ctx, missing):
         return
+    waited = _queue_wait(ctx) if len(missing) == ctx.job.spec.distributed.nodes else None
     old_active = [p for p in stale if p.phase in ACTIVE]
     if old_active:
         # Same hostnames: let the old gang go first so DNS never points at two rank 0s.
@@ -494,12 +520,30 @@ def _create_gang(ctx: _Ctx, stale: list[PodObservation], missing: list[int]) -> 
                 disruptions=st.disruptions,
             )
         )
+    d.queue_wait_seconds = waited
     n = ctx.job.spec.distributed.nodes
     ctx.set(
         cond.CREATED, "True", "PodsCreated", f"created {n} worker pod(s) for attempt {st.attempt}"
     )
     ctx.state(JobState.PENDING, "WaitingForGang", f"0/{n} workers running (attempt {st.attempt})")
     ctx.requeue(float(ctx.job.spec.run_policy.startup_timeout_seconds))
+
+
+def _queue_wait(ctx: _Ctx) -> float | None:
+    """Seconds the gang about to be created has waited: since the job's creation when it never
+    ran, since its resume when it ran before; None for a gang restart (its own counter says
+    why) or without the time it counts from."""
+    st = ctx.status
+    if st.state == JobState.RESTARTING:
+        return None
+    if st.start_time is None:
+        since = parse_time((ctx.job.metadata.model_extra or {}).get("creationTimestamp"))
+    else:
+        resumed = cond.get_condition(st.conditions, cond.SUSPENDED)
+        if resumed is None or resumed.status != "False" or resumed.reason != "Resumed":
+            return None
+        since = parse_time(resumed.last_transition_time)
+    return max((ctx.now - since).total_seconds(), 0.0) if since is not None else None
 
 
 def _waiting_for_previous_job(ctx: _Ctx, missing: list[int]) -> bool:
@@ -653,7 +697,7 @@ def _restart(
     )
     ctx.set(cond.RESTARTING, "True", reason, message)
     ctx.clear(cond.RUNNING, reason, message)
-    ctx.decision.gang_restart_reason = reason
+    ctx.decision.gang_restart_reason = restart_reason_label(reason)
     ctx.requeue(delay if delay > 0 else CONFIRM_SECONDS)
 
 

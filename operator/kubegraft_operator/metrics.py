@@ -3,7 +3,9 @@
 Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms). The
 jobs-by-state gauge is kept from a small map (job -> state) that the job watch and the
 reconciles update, so it is exact after restarts, counts finished jobs (which have no reconcile
-loop) and drops deleted jobs.
+loop) and drops deleted jobs; the same map keeps the per-job state series (kube-state-metrics
+style: 1 for the job's current state, no series for the others), which the "job failed" alert
+reads. docs/metrics.md lists every series.
 """
 
 from __future__ import annotations
@@ -18,6 +20,31 @@ ENV_METRICS_PORT = "KUBEGRAFT_OPERATOR_METRICS_PORT"
 DEFAULT_PORT = 8080
 
 JOBS = Gauge("kubegraft_operator_jobs", "FineTuneJobs known to this operator, by state", ["state"])
+JOB_STATE = Gauge(
+    "kubegraft_operator_job_state",
+    "1 for each FineTuneJob's current state",
+    ["namespace", "finetunejob", "state"],
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "kubegraft_operator_queue_wait_seconds",
+    "From a job's creation (or its resume) until all its pods were created, suspended or "
+    "queued time included",
+    buckets=(
+        1.0,
+        5.0,
+        15.0,
+        30.0,
+        60.0,
+        120.0,
+        300.0,
+        600.0,
+        1800.0,
+        3600.0,
+        7200.0,
+        21600.0,
+        86400.0,
+    ),
+)
 RECONCILE_SECONDS = Histogram(
     "kubegraft_operator_reconcile_duration_seconds",
     "Time of one reconcile (observe, decide, apply, status write)",
@@ -47,14 +74,17 @@ def set_job_state(key: tuple[str, str], state: str | None) -> None:
         return
     if before is not None:
         JOBS.labels(state=_label(before)).dec()
+        JOB_STATE.remove(*key, _label(before))
     if state is not None:
         JOBS.labels(state=_label(state)).inc()
+        JOB_STATE.labels(*key, _label(state)).set(1)
 
 
 def forget_all_jobs() -> None:
     """Drop every job from the gauge (also: the operator paused for a peer, and only the leader
     reports; its watches re-list every job when it resumes)."""
     _states.clear()
+    JOB_STATE.clear()
     for s in (*sorted(_KNOWN), "Unknown"):
         JOBS.labels(state=s).set(0)
 

@@ -151,6 +151,8 @@ class Reconciler:
         written = self._write_status(ns, name, raw, decision.status)
         if decision.gang_restart_reason:
             metrics.GANG_RESTARTS.labels(reason=decision.gang_restart_reason).inc()
+        if decision.queue_wait_seconds is not None:  # the gang's pods are all created now
+            metrics.QUEUE_WAIT_SECONDS.observe(decision.queue_wait_seconds)
         if decision.delete_job:
             self.api.delete_job(ns, name)
         state = decision.status.state

@@ -617,3 +617,36 @@ def test_a_slow_heartbeat_interval_widens_the_stall_windows() -> None:
     _, d = step(job, gang(), T0 + timedelta(seconds=205))
     assert (d.status.state, d.status.reason) == (JobState.RESTARTING, "Stalled")
     assert "for 200s" in (d.status.message or "")
+
+
+def test_a_foreign_pod_reason_restarts_the_gang_but_is_counted_as_other() -> None:
+    # A failed pod without an exit code keeps whatever reason its kubelet wrote: the status
+    # and the condition show it, the restarts-by-reason counter gets the one fixed "Other".
+    job = running_job()
+    t = T0 + timedelta(seconds=30)
+    _, d = step(job, (pod(0, "Running"), pod(1, "Failed", reason="ContainerCannotRun")), t)
+    assert (d.status.state, d.status.reason) == (JobState.RESTARTING, "ContainerCannotRun")
+    assert d.gang_restart_reason == "Other"
+
+
+def test_every_restart_reason_the_operator_gives_is_a_fixed_label() -> None:
+    import ast
+    from pathlib import Path
+
+    from kubegraft_operator import decide as decide_module
+
+    tree = ast.parse(Path(decide_module.__file__).read_text())
+    literals = {
+        call.args[2].value
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Name)
+        and call.func.id == "_restart"
+        and len(call.args) > 2
+        and isinstance(call.args[2], ast.Constant)
+    }
+    assert literals >= {"NodeLost", "PodDeleted", "Stalled"}  # the scan sees the calls
+    assert literals <= decide_module.RESTART_REASONS
+    for reason in ("OOMKilled", "OOMKilledOrKilled", "Preempted", "Evicted", "WorkerFailed"):
+        assert decide_module.restart_reason_label(reason) == reason
+    assert decide_module.restart_reason_label("SomethingElse") == "Other"

@@ -44,3 +44,34 @@ def test_a_paused_operator_reports_no_jobs() -> None:
     assert [gauge(s) for s in ("Running", "Succeeded", "Failed")] == [0, 0, 0]
     metrics.set_job_state(("ns", "0"), "Running")  # re-listed after resuming
     assert gauge("Running") == 1
+
+
+def job_states() -> dict[tuple[str, str], list[str]]:
+    """(namespace, job) -> the states with a series, from the exposition as scraped."""
+    from prometheus_client import REGISTRY, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, str], list[str]] = {}
+    for fam in text_string_to_metric_families(generate_latest(REGISTRY).decode()):
+        if fam.name == "kubegraft_operator_job_state":
+            for s in fam.samples:
+                assert s.value == 1
+                key = (s.labels["namespace"], s.labels["finetunejob"])
+                out.setdefault(key, []).append(s.labels["state"])
+    return out
+
+
+def test_one_series_per_job_for_its_current_state_gone_on_delete_and_pause() -> None:
+    metrics.set_job_state(("ns", "a"), "Pending")
+    metrics.set_job_state(("ns", "a"), "Failed")
+    metrics.set_job_state(("other", "a"), "Running")
+    metrics.set_job_state(("ns", "c"), "SomethingNew")
+    assert job_states() == {
+        ("ns", "a"): ["Failed"],
+        ("other", "a"): ["Running"],
+        ("ns", "c"): ["Unknown"],
+    }
+    metrics.set_job_state(("ns", "a"), None)  # deleted
+    assert ("ns", "a") not in job_states()
+    metrics.forget_all_jobs()  # paused for a peer: the leader reports
+    assert job_states() == {}

@@ -114,7 +114,7 @@ class TrainingMetrics:
     ) -> None:
         # No ``*_created`` series beside every counter and histogram: the text format's extra
         # gauges would carry no information Prometheus's counter-reset handling needs.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
         self._scrapes = _ScrapeSignal()
         self.registry.register(self._scrapes)  # first: it is collected before the series
