@@ -128,7 +128,7 @@ def fetch(
 def format_value(value: float, unit: str) -> str:
     """A value in a Grafana unit, roughly as Grafana prints it."""
     if unit == "percentunit":
-        return f"{value * 100:.1f}%"
+        return f"{value * 100:.3g}%"
     if unit == "percent":
         return f"{value:.1f}%"
     if unit == "s":

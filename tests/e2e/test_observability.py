@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import importlib.util
 import json
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from hack_scripts import load
 from local_kubelet import LocalKubelet, LocalPod, ca_file_from_kubeconfig
 from operator_harness import Kube, OperatorProcess, job_manifest, repo_root, state_is, wait_for
 from test_local_gang import finished, quickstart_job
@@ -53,20 +51,8 @@ RUN_TIMEOUT = 420.0
 JOB = "obs"
 
 
-def _hack(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "hack" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dashboards = _hack("dashboards")
-preview = _hack("dashboard_preview")
+dashboards = load("dashboards")
+preview = load("dashboard_preview")
 
 
 # ------------------------------------------------------------------------ synthetic DCGM
@@ -119,13 +105,6 @@ def dcgm(namespace: str) -> Iterator[str]:
 
 
 # ------------------------------------------------------------------------ the parts
-@pytest.fixture
-def operator(op_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with OperatorProcess(op_kubeconfig, tmp_path / "operator.log", namespace=namespace) as op:
-        yield op
-    print(op.logs()[-4000:])
-
-
 @pytest.fixture
 def kubelet(cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path) -> Iterator[LocalKubelet]:
     """Runs the training job's pods only (kwok plays the other jobs' pods)."""

@@ -6,16 +6,15 @@ dashboard query, with its variables substituted, parsed as PromQL. No control pl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hack_scripts import load
 
 from kubegraft.devcluster.binaries import find_bin_dir
 
@@ -80,20 +79,10 @@ def test_promtool_unit_tests_fail_on_a_broken_rule(tmp_path: Path) -> None:
     assert "KubegraftTrainingStalled" in res.stdout + res.stderr
 
 
-def _dashboards_module() -> Any:
-    spec = importlib.util.spec_from_file_location("dashboards", ROOT / "hack" / "dashboards.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dashboards"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     """Each query, its variables substituted as Grafana would (two jobs selected), parsed by
     promtool as the expression of a recording rule."""
-    dashboards = _dashboards_module()
+    dashboards = load("dashboards")
     variables = {"namespace": ["team-a"], "finetunejob": ["a", "b.c"], "job": ["kubegraft"]}
     rules = []
     for path in sorted(dashboards.generated()):

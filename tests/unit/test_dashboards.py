@@ -7,15 +7,13 @@ tests/e2e/test_observability.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from hack_scripts import load
 
 from kubegraft_operator import names
 
@@ -24,17 +22,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "hack" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dashboards = _load("dashboards")
+dashboards = load("dashboards")
 FILES = sorted(dashboards.generated())
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 NAME_LABELS = {"namespace", "finetunejob", "pod", "job", "instance", "container"}
