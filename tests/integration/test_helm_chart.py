@@ -200,6 +200,55 @@ def test_monitoring_is_off_by_default_and_renders_the_charts_dashboards_and_rule
     assert not [d for d in bare if d["kind"] == "ConfigMap"]
 
 
+def test_monitors_select_exactly_the_metrics_endpoints(helm_bin: Path) -> None:
+    """The PodMonitor selects rank 0's pod of a job as the operator renders it (not the other
+    ranks) on a port that pod has; the ServiceMonitor selects the operator's metrics Service on
+    its port `metrics`, which leads to the operator container's port `metrics`."""
+    from kubegraft.api.v1alpha1 import FineTuneJob
+    from kubegraft_operator.render import render_pod
+
+    docs = template(helm_bin, *MODES["monitoring"])
+    pm = next(d for d in docs if d["kind"] == "PodMonitor")
+    job = FineTuneJob.model_validate(job_manifest("j", nodes=2))
+    pods = [render_pod(job, namespace="team-a", uid="u", rank=r, attempt=0) for r in (0, 1)]
+
+    def selected(selector: dict[str, str], labels: dict[str, str]) -> bool:
+        return selector.items() <= labels.items()
+
+    sel = pm["spec"]["selector"]["matchLabels"]
+    assert [selected(sel, p["metadata"]["labels"]) for p in pods] == [True, False]
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    ports = [{q["name"] for q in p["spec"]["containers"][0]["ports"]} for p in pods]
+    assert endpoint["port"] in ports[0]
+    assert endpoint["port"] not in ports[1]
+    assert endpoint["honorLabels"] is True  # the trainer's own namespace label is kept
+    assert pods[0]["metadata"]["annotations"]["prometheus.io/port"] == str(
+        next(
+            q["containerPort"]
+            for q in pods[0]["spec"]["containers"][0]["ports"]
+            if q["name"] == endpoint["port"]
+        )
+    )
+
+    sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    services = [d for d in docs if d["kind"] == "Service"]
+    chosen = [
+        s
+        for s in services
+        if selected(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert len(chosen) == 1
+    (sm_endpoint,) = sm["spec"]["endpoints"]
+    (port,) = [q for q in chosen[0]["spec"]["ports"] if q["name"] == sm_endpoint["port"]]
+    assert sm_endpoint["port"] == "metrics"
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert port["targetPort"] in {q["name"] for q in container["ports"]}
+    assert chosen[0]["spec"]["selector"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "named"),
     [

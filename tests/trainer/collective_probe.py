@@ -130,12 +130,13 @@ def check_reports(reports: list[dict[str, Any]], *, sites: set[str], expected: s
             assert set(c["devices"]) == {expected}, c
 
 
-def probe_argv(argv: list[str]) -> list[str]:
-    """A launch command (``kubegraft.launch.build_launch``) with this file in place of
-    ``-m kubegraft_trainer``: everything else (node supervisor, torchrun flags) unchanged."""
+def probe_argv(argv: list[str], script: Path | None = None) -> list[str]:
+    """A launch command (``kubegraft.launch.build_launch``) with ``script`` (this file by
+    default) in place of ``-m kubegraft_trainer``: everything else (node supervisor, torchrun
+    flags) unchanged."""
     for i in range(len(argv) - 1):
         if argv[i] == "-m" and argv[i + 1] == "kubegraft_trainer":
-            return [*argv[:i], str(Path(__file__).resolve()), *argv[i + 2 :]]
+            return [*argv[:i], str((script or Path(__file__)).resolve()), *argv[i + 2 :]]
     raise ValueError(f"no '-m kubegraft_trainer' in {argv}")
 
 

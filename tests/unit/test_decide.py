@@ -650,3 +650,48 @@ def test_every_restart_reason_the_operator_gives_is_a_fixed_label() -> None:
     for reason in ("OOMKilled", "OOMKilledOrKilled", "Preempted", "Evicted", "WorkerFailed"):
         assert decide_module.restart_reason_label(reason) == reason
     assert decide_module.restart_reason_label("SomethingElse") == "Other"
+
+
+def _env(d: Decision) -> list[dict[str, Any]]:
+    return [
+        {e["name"]: e.get("value") for e in o["spec"]["containers"][0]["env"]}
+        for o in d.create
+        if o["kind"] == "Pod"
+    ]
+
+
+def test_queue_wait_counts_from_creation_suspended_time_included() -> None:
+    job = make_job(suspend=True)
+    assert job.metadata.model_extra is not None
+    job.metadata.model_extra["creationTimestamp"] = format_time(T0 - timedelta(seconds=30))
+    job, d = step(job)
+    assert (d.status.state, d.queue_wait_seconds) == (JobState.SUSPENDED, None)
+    job.spec.run_policy.suspend = False  # admitted (e.g. by Kueue) 100 s after creation
+    job, d = step(job, (), T0 + timedelta(seconds=70))
+    assert created_pods(d) == ["j-worker-0-a1", "j-worker-1-a1"]
+    assert d.queue_wait_seconds == 100
+
+
+def test_queue_wait_counts_from_the_resume_of_a_job_that_ran_and_not_restarts() -> None:
+    job = running_job()
+    job.spec.run_policy.suspend = True
+    job, _ = step(job, gang(), T0 + timedelta(seconds=10))
+    job.spec.run_policy.suspend = False
+    terminating = tuple(pod(r, deleting=True) for r in range(2))
+    job, d = step(job, terminating, T0 + timedelta(seconds=11))  # resumed; old gang going
+    assert (d.create, d.queue_wait_seconds) == ([], None)
+    job, d = step(job, (), T0 + timedelta(seconds=15))
+    assert created_pods(d) == ["j-worker-0-a1", "j-worker-1-a1"]
+    assert d.queue_wait_seconds == 4
+    # A preemption restarts the gang: no queue wait; the new pods know the disruption.
+    job, _ = step(job, gang("Running", attempt=1), T0 + timedelta(seconds=16))
+    job, d = step(
+        job,
+        (pod(0, "Running", attempt=1), pod(1, "Failed", attempt=1, exit_code=75)),
+        T0 + timedelta(seconds=20),
+    )
+    assert d.gang_restart_reason == "Preempted"
+    job, d = step(job, (pod(1, "Failed", attempt=1, exit_code=75),), T0 + timedelta(seconds=40))
+    assert created_pods(d) == ["j-worker-0-a2", "j-worker-1-a2"]
+    assert d.queue_wait_seconds is None
+    assert [e["KUBEGRAFT_PREEMPTIONS"] for e in _env(d)] == ["1", "1"]
