@@ -2,7 +2,7 @@
 # (~/.cache/kubegraft/venv-<hash of pyproject.toml>, made by hack/venv.sh) and, where a cluster
 # is involved, with binaries built once from the Go module proxy (hack/build-binaries.sh).
 
-.PHONY: test test-unit images test-images chart run-quickstart venv binaries cluster-up cluster-down cluster-status
+.PHONY: test test-unit images test-images chart dashboards previews run-quickstart venv binaries cluster-up cluster-down cluster-status
 
 ## test: the whole suite except GPU tests (lint, types, layering, every tier); CI runs this
 test:
@@ -26,6 +26,14 @@ test-images:
 ## chart: regenerate the chart's CRD templates, values schema, README and manifests/rbac/
 chart:
 	hack/in-env.sh python hack/chartgen.py
+
+## dashboards: regenerate the chart's Grafana dashboards (hack/dashboards.py, grafana-foundation-sdk)
+dashboards:
+	hack/in-env.sh python hack/dashboards.py
+
+## previews: draw both dashboards from a real Prometheus scraping a real run into docs/img
+previews:
+	KUBEGRAFT_WRITE_PREVIEWS=docs/img hack/in-env.sh --binaries python -m pytest -q tests/e2e/test_observability.py
 
 ## run-quickstart: fine-tune the quickstart example locally (CPU is enough)
 run-quickstart:

@@ -27,6 +27,9 @@ ENV_JOB_CONFIG = "KUBEGRAFT_JOB_CONFIG"
 """Path of the job manifest the trainer reads."""
 ENV_METRICS_PORT = "KUBEGRAFT_METRICS_PORT"
 """Port of rank 0's Prometheus /metrics endpoint (0 disables it)."""
+ENV_METRICS_FINAL_SCRAPE = "KUBEGRAFT_METRICS_FINAL_SCRAPE_SECONDS"
+"""Seconds rank 0 keeps /metrics up at the end of a run until Prometheus has scraped the final
+values (0, the default: exit at once). A scrape interval or two is enough."""
 
 ENV_ATTEMPT = "KUBEGRAFT_ATTEMPT"
 """Gang attempt number (status.attempt, from 0), for logs and the trainer's attempt gauge."""

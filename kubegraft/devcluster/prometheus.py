@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,16 +44,22 @@ def find_prometheus() -> Path:
     return Path(found)
 
 
-def scrape_config(targets: dict[str, list[str]], interval_s: float) -> dict[str, Any]:
-    """The prometheus.yml for static ``targets`` (job name -> ["host:port", ...])."""
+def scrape_config(
+    targets: dict[str, list[str]], interval_s: float, rule_files: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """The prometheus.yml for static ``targets`` (job name -> ["host:port", ...]), evaluating
+    the rule files (``groups:`` documents) at the scrape interval."""
     every = f"{max(1, round(interval_s * 1000))}ms"
-    return {
+    config: dict[str, Any] = {
         "global": {"scrape_interval": every, "evaluation_interval": every},
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": hosts}]}
             for job, hosts in targets.items()
         ],
     }
+    if rule_files:
+        config["rule_files"] = [str(p) for p in rule_files]
+    return config
 
 
 class Prometheus:
@@ -65,9 +71,15 @@ class Prometheus:
     """
 
     def __init__(
-        self, targets: dict[str, list[str]], work_dir: Path, *, interval_s: float = 1.0
+        self,
+        targets: dict[str, list[str]],
+        work_dir: Path,
+        *,
+        interval_s: float = 1.0,
+        rule_files: Sequence[Path] = (),
     ) -> None:
         self.targets = targets
+        self.rule_files = tuple(rule_files)
         self.work_dir = work_dir
         self.interval_s = interval_s
         self.port = free_port()
@@ -80,7 +92,9 @@ class Prometheus:
     def start(self) -> Prometheus:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config(self.targets, self.interval_s)))
+        config.write_text(
+            yaml.safe_dump(scrape_config(self.targets, self.interval_s, self.rule_files))
+        )
         argv = [
             str(find_prometheus()),
             f"--config.file={config}",

@@ -119,6 +119,8 @@ class LocalPod:
     work_dir: Path
     grace: float
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """The environment the container's command runs with (after the port and path rewrites)."""
     started_at: str = ""
     terminate: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -365,6 +367,7 @@ class LocalKubelet:
         if self._stopped.is_set() or local.terminate.is_set():
             return
         argv, env = self.prepare(local, pod)
+        local.env = env
         local.work_dir.mkdir(parents=True, exist_ok=True)
         (local.work_dir / "argv.txt").write_text("\n".join(argv) + "\n")
         local.started_at = _now()

@@ -45,13 +45,6 @@ RUN_TIMEOUT = 420.0
 
 
 @pytest.fixture
-def operator(op_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with OperatorProcess(op_kubeconfig, tmp_path / "operator.log", namespace=namespace) as op:
-        yield op
-    print(op.logs()[-4000:])
-
-
-@pytest.fixture
 def kubelet(cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path) -> Iterator[LocalKubelet]:
     """The local kubelet for the test's namespace; the output volume is one shared tmp dir."""
     with repo_kubelet(

@@ -168,28 +168,42 @@ def test_deployment_settings(helm_bin: Path) -> None:
     assert args[:3] == ["--namespace=a", "--namespace=b", "--peering=kubegraft"]
 
 
-def test_monitoring_is_off_by_default_and_works_without_dashboards_or_rules(
+def test_monitoring_is_off_by_default_and_renders_the_charts_dashboards_and_rules(
     helm_bin: Path, tmp_path: Path
 ) -> None:
     kinds = {d["kind"] for d in template(helm_bin)}
     assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
     on = template(helm_bin, *MODES["monitoring"])
-    assert {d["kind"] for d in on} >= {"ServiceMonitor", "PodMonitor"}
-    assert not [d for d in on if d["kind"] == "PrometheusRule"]  # no rules/*.yaml yet
+    assert {d["kind"] for d in on} >= {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
     sm = next(d for d in on if d["kind"] == "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "prometheus"
-    # with dashboard and rule files (what the observability work adds), they are rendered
+    # one ConfigMap per dashboards/*.json, holding the file as it is (hack/dashboards.py)
+    maps = {
+        key: json.loads(value)
+        for d in on
+        if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"
+        for key, value in d["data"].items()
+    }
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    assert sorted(maps) == [f.name for f in files] == ["operator.json", "training.json"]
+    for f in files:
+        assert maps[f.name] == json.loads(f.read_text())
+    # one PrometheusRule with every group of rules/*.yaml, in file order
+    rules = [d for d in on if d["kind"] == "PrometheusRule"]
+    assert len(rules) == 1
+    groups = [
+        g for f in sorted((CHART / "rules").glob("*.yaml")) for g in yaml.safe_load(f.read_text())
+    ]
+    assert rules[0]["spec"]["groups"] == groups
+    assert {g["name"] for g in groups} == {"kubegraft-operator", "kubegraft-training"}
+    # without dashboard or rule files (a trimmed copy of the chart), nothing empty is rendered
     chart = tmp_path / "kubegraft"
     shutil.copytree(CHART, chart)
-    (chart / "dashboards" / "training.json").write_text(json.dumps({"title": "Training"}))
-    group = [{"name": "kubegraft", "rules": [{"alert": "Stalled", "expr": "vector(1)"}]}]
-    (chart / "rules" / "alerts.yaml").write_text(yaml.safe_dump(group))
-    docs = template(helm_bin, *MODES["monitoring"], chart=chart)
-    cm = next(d for d in docs if d["kind"] == "ConfigMap")
-    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(cm["data"]["training.json"]) == {"title": "Training"}
-    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
-    assert rule["spec"]["groups"] == group
+    for f in [*(chart / "dashboards").glob("*.json"), *(chart / "rules").glob("*.yaml")]:
+        f.unlink()
+    bare = template(helm_bin, *MODES["monitoring"], chart=chart)
+    assert not [d for d in bare if d["kind"] == "PrometheusRule"]
+    assert not [d for d in bare if d["kind"] == "ConfigMap"]
 
 
 def test_monitors_select_exactly_the_metrics_endpoints(helm_bin: Path) -> None:

@@ -858,7 +858,10 @@ class Trainer:
         self.samples_per_second = round(self.samples_this_run / max(loop_seconds, 1e-9), 2)
         # Everything is in the last checkpoint: an export cut short is simply redone.
         with self.preemption.interruptible("exporting"):
-            return self._finish(started)
+            summary = self._finish(started)
+        if self.metrics:  # rank 0: let Prometheus read the final values before exiting
+            self.metrics.hold_until_scraped()
+        return summary
 
     def _train(
         self,

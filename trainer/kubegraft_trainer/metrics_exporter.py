@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from prometheus_client import (
 from kubegraft.constants import (
     DEFAULT_METRICS_PORT,
     ENV_ATTEMPT,
+    ENV_METRICS_FINAL_SCRAPE,
     ENV_METRICS_PORT,
     ENV_PREEMPTIONS,
 )
@@ -114,6 +116,8 @@ class TrainingMetrics:
         # gauges would carry no information Prometheus's counter-reset handling needs.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
+        self._scrapes = _ScrapeSignal()
+        self.registry.register(self._scrapes)  # first: it is collected before the series
         self.labels = {"namespace": namespace or LOCAL_NAMESPACE, "finetunejob": finetunejob}
         r = self.registry
 
@@ -195,6 +199,18 @@ class TrainingMetrics:
             return None
         return port
 
+    def hold_until_scraped(self, timeout: float | None = None) -> bool:
+        """Keep the endpoint up until a scrape that began after this call (so it read the
+        final values), for at most ``timeout`` seconds (default
+        ``$KUBEGRAFT_METRICS_FINAL_SCRAPE_SECONDS``, 0: return at once). Without it the last
+        evaluation of a run often never reaches Prometheus: the process exits first."""
+        if timeout is None:
+            timeout = float(os.environ.get(ENV_METRICS_FINAL_SCRAPE) or 0)
+        if timeout <= 0:
+            return False
+        self._scrapes.event.clear()
+        return self._scrapes.event.wait(timeout)
+
     def on_start(self, info: RunInfo, *, step: int) -> None:
         """The run's fixed facts, and where it starts (a resumed run starts mid-way)."""
         self._planned = info.planned_steps
@@ -258,6 +274,22 @@ class TrainingMetrics:
         """Training is over (done or stopped early): nothing left to wait for."""
         self.eta.labels(**self.labels).set(0.0)
         self.progress.labels(**self.labels).set(_ratio(step, self._planned))
+
+
+class _ScrapeSignal:
+    """A collector with no series that marks each scrape: registered first, so a scrape that
+    sets the event after :meth:`TrainingMetrics.hold_until_scraped` cleared it reads every
+    series after that moment."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def describe(self) -> list[Any]:
+        return []  # no series (and no collect() at registration)
+
+    def collect(self) -> Iterator[Any]:
+        self.event.set()
+        return iter(())
 
 
 def _ratio(done: int, planned: int) -> float:
