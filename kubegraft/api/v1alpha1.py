@@ -698,6 +698,11 @@ class DistributedSpec(ApiModel):
     """DeepSpeed options, with strategy deepspeed."""
     master_port: int = Field(default=29500, ge=1024, le=65535)
     """Rendezvous port on the rank-0 pod."""
+    threads_per_process: int | None = Field(default=None, ge=1, le=256)
+    """Intra-op CPU threads of each training process (OMP_NUM_THREADS, torch's
+    set_num_threads). Omitted: each process's share of the CPUs it has, floor(CPUs /
+    procsPerNode), where CPUs is the pod's CPU limit (resources.limits.cpu) if set, else the
+    container's cgroup CPU quota, else the cores the process may run on."""
 
 
 # ------------------------------------------------------------------------------------------ pod

@@ -49,6 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kubegraft.api.v1alpha1 import FineTuneJobSpec, Precision, SchedulerKind, Strategy, Task
+from kubegraft.cpu_share import available_cpus, process_threads
 from kubegraft.progress import ProgressPublisher, ProgressReport, sinks_from_env, write_atomically
 from kubegraft_trainer.checkpointing import CheckpointManager, read_best, read_trainer_state
 from kubegraft_trainer.collectives import gather_all
@@ -251,10 +252,19 @@ class Trainer:
         from accelerate.utils import set_seed
 
         spec, t = self.spec, self.spec.training
+        self.threads = process_threads(
+            os.environ,
+            spec_threads=spec.distributed.threads_per_process,
+            cpus=available_cpus(),
+            procs_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        )
+        torch.set_num_threads(self.threads)
         self.acc = make_accelerator(spec)
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
         self.main = self.acc.is_main_process
+        if self.main:
+            log.info("%d intra-op CPU threads per process", self.threads)
         if self.main:
             # Heartbeats from the first moment: loading a large model can take a while.
             self.progress = ProgressPublisher(
@@ -990,6 +1000,7 @@ class Trainer:
                 "label_names": self.label_names,
                 "train_examples": len(self.data.train),
                 "processes": self.world,
+                "threads_per_process": self.threads,
                 "strategy": self.spec.distributed.strategy.value,
                 "feature_cache": self.use_cache,
                 "trainable_parameters": self.trainable,
