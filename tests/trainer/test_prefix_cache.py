@@ -106,7 +106,7 @@ def _compare(cached: Path, plain: Path, weights: str, boundary: int) -> dict[str
             # lr (1e-3) whatever its gradient's size, so one rounding-level gradient can flip a
             # step; a wrong cache moves whole tensors by ~lr. Seen: 1 of 589,824 at 3.9e-5.
             torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4)
-            assert (a[key] - b[key]).abs().mean() < 1e-6, key
+            assert (a[key].double() - b[key].double()).abs().mean() < 1e-6, key
         out.update(a)
     return out
 
