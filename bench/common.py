@@ -135,8 +135,10 @@ def timed_trainer_class() -> type[Any]:
 
         step_ends: list[float]
         step_cpu: list[float]
-        cache_seconds: float
-        cache_cpu_seconds: float
+        train_cache_seconds: float
+        train_cache_cpu_seconds: float
+        train_begin: float
+        train_begin_cpu: float
         setup_end_cpu: float
         rss_after_training_mb: float | None
         setup_seconds: float
@@ -146,11 +148,10 @@ def timed_trainer_class() -> type[Any]:
         def _setup(self) -> None:
             self.step_ends = []
             self.step_cpu = []
-            self.cache_seconds = 0.0
-            self.cache_cpu_seconds = 0.0
+            self.train_cache_seconds = 0.0
+            self.train_cache_cpu_seconds = 0.0
             self.rss_after_training_mb = None
             self.trainable_history = []
-            self._cache_calls = 0
             started = time.perf_counter()
             super()._setup()
             self.setup_end = time.perf_counter()
@@ -163,16 +164,27 @@ def timed_trainer_class() -> type[Any]:
                 (int(self.policy.stage), int(self.trainable), int(self.total_params))
             )
 
-        def _features(self, ds: Any, collate: Any) -> Any:
-            # The first call caches the training set (training cost); later ones cache the
-            # evaluation sets (evaluation cost, not counted).
+        def _cached(self, ds: Any, collate: Any, name: str, plan: Any) -> Any:
+            # Caching the training set is training cost; caching the evaluation sets is
+            # evaluation cost, not counted.
             started, started_cpu = time.perf_counter(), time.process_time()
-            out = super()._features(ds, collate)
-            if self._cache_calls == 0:
-                self.cache_seconds = time.perf_counter() - started
-                self.cache_cpu_seconds = time.process_time() - started_cpu
-            self._cache_calls += 1
+            out = super()._cached(ds, collate, name, plan)
+            if name == "train" and not hasattr(self, "train_begin"):
+                self.train_cache_seconds += time.perf_counter() - started
+                self.train_cache_cpu_seconds += time.process_time() - started_cpu
             return out
+
+        def _train(self, *args: Any, **kwargs: Any) -> None:
+            self.train_begin, self.train_begin_cpu = time.perf_counter(), time.process_time()
+            super()._train(*args, **kwargs)
+
+        def training_start(self) -> tuple[float, float]:
+            """(wall, CPU) clock readings where training began, the training set's cache
+            included (a cache rebuilt by a stage change falls inside the steps' own times)."""
+            return (
+                self.train_begin - self.train_cache_seconds,
+                self.train_begin_cpu - self.train_cache_cpu_seconds,
+            )
 
         def _optimizer_step(self, micro: Any) -> float:
             loss: float = super()._optimizer_step(micro)

@@ -206,8 +206,9 @@ def worker(model: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
         wall, job_cpu = time.perf_counter() - started, process_cpu() - started_cpu
         history = trainer.trainable_history
         total = history[0][2]
-        train_seconds = trainer.cache_seconds + (trainer.step_ends[-1] - trainer.setup_end)
-        train_cpu = trainer.cache_cpu_seconds + (trainer.step_cpu[-1] - trainer.setup_end_cpu)
+        wall0, cpu0 = trainer.training_start()
+        train_seconds = trainer.step_ends[-1] - wall0
+        train_cpu = trainer.step_cpu[-1] - cpu0
         return {
             "model": model,
             "policy": policy,
@@ -308,6 +309,43 @@ def describe(model: str, rows: list[dict[str, Any]], args: argparse.Namespace) -
     )
 
 
+CHOOSING = [
+    "## Frozen-prefix caching",
+    "",
+    "When only the top blocks train (`top-k`, and the stages of gradual unfreezing that keep",
+    "the bottom blocks frozen), the trainer computes the hidden states below the lowest",
+    "trainable block once per example (a BERT-like encoder's hidden sequence and attention mask,",
+    "an EfficientNet's feature map), with the frozen blocks in eval mode, and trains the top",
+    "blocks and the head on them; dropout inside the trainable blocks stays on. The table is",
+    "kept in memory up to `training.cacheMemoryLimitMiB` (2 GiB) per process and memory-mapped",
+    "from `<output>/cache` beyond that when the disk has room; a gradual-unfreezing stage that",
+    "moves the boundary rebuilds it. When it cannot be used (another strategy than ddp, a",
+    "trainable embedding, BitFit/LoRA parameters in the bottom block, an architecture without a",
+    "known split, `freezeBatchNormStats: false`, no room) the log says why and training runs",
+    "uncached. `metrics.json` says `prefix_cache_boundary`. With dropout off, cached and",
+    "uncached MiniLM runs end with allclose weights (tests/trainer/test_prefix_cache.py); for",
+    "EfficientNet-Lite0 the split is bitwise exact but the trained weights of a few batch-norm",
+    "channels still differ after 4 AdamW steps (that test is an expected failure for now).",
+    "",
+    "## Which policy for my data: `kubegraft compare`",
+    "",
+    "```sh",
+    "kubegraft compare job.yaml --policies feature-extraction,top-k:2,lora,full \\",
+    "    --budget-steps 50 --seeds 2 [--nproc 2] [--set dataset.maxSamples=2000]",
+    "```",
+    "",
+    "runs a short trial of each policy on your manifest (same data, same step budget, one",
+    "`kubegraft run` per trial and seed under `runs/compare-<job>/`), prints accuracy, macro-F1,",
+    "cost (training CPU-core seconds) and trainable share per policy, writes `compare.png`",
+    "(accuracy against cost) and `compare.json`, and says which policy is most accurate,",
+    "whether its lead is beyond noise (twice the combined standard error: over seeds, and at",
+    "least the binomial error of the validation set), and which wins per unit of cost (the",
+    "cheapest policy within noise of the best). `--budget-seconds` and `--cluster` are not",
+    "implemented yet.",
+    "",
+]
+
+
 def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, total: float) -> str:
     parts = [
         "# Choosing a freezing policy: measured",
@@ -345,6 +383,7 @@ def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, t
         "they rank policies by what a few epochs buy, not by their ceiling. Accuracy differences",
         "of a point or two are within run-to-run noise at these sizes.",
         "",
+        *CHOOSING,
     ]
     return "\n".join(parts)
 

@@ -4,6 +4,8 @@ Each sub-command lives in its own module, imported only when it runs, so ``kubeg
 and ``kubegraft crd`` start fast and never import torch or kopf.
 
     kubegraft run JOB.yaml [--nproc N] [--set key=value ...]   run a FineTuneJob locally
+    kubegraft compare JOB.yaml --policies feature-extraction,top-k:2,lora,full
+                                                               short trials: which policy?
     kubegraft validate JOB.yaml                                check a manifest, field by field
     kubegraft crd [--out FILE]                                 print/write the generated CRD
     kubegraft dev cluster up|down|env|status                   the local control plane for tests
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 # sub-command name -> module under kubegraft.commands with add_arguments(parser) and main(args)
 COMMANDS: dict[str, str] = {
     "run": "Run a FineTuneJob manifest locally (CPU or local GPUs), with a progress bar.",
+    "compare": "Compare freezing policies on a manifest: short trials, table, plot, verdict.",
     "validate": "Validate a FineTuneJob manifest and report every bad field.",
     "crd": "Print or write the CustomResourceDefinition generated from the API model.",
     "dev": "Developer tools: the local Kubernetes control plane (etcd, apiserver, kwok...).",

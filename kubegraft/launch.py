@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from kubegraft.api.v1alpha1 import FineTuneJobSpec
 from kubegraft.constants import ENV_JOB_CONFIG
+from kubegraft.cpu_share import ENV_THREADS, threads_per_process
 
 TRAINER_MODULE = "kubegraft_trainer"
 # The node supervisor around torchrun: exits with the workers' own code (torchrun says only 1).
@@ -40,6 +41,17 @@ def shutdown_timeout_seconds(grace_seconds: int) -> int:
     return max(1, grace_seconds - shutdown_margin_seconds(grace_seconds))
 
 
+def launch_threads(spec: FineTuneJobSpec, cpus: float | None) -> int | None:
+    """The intra-op threads per process the launch can fix: the spec's, else the share of
+    ``cpus``; None when neither is known (the trainer then measures its own share)."""
+    d = spec.distributed
+    if d.threads_per_process is not None:
+        return d.threads_per_process
+    if cpus is None:
+        return None
+    return threads_per_process(cpus, d.procs_per_node)
+
+
 @dataclass(frozen=True)
 class Launch:
     """argv and environment for one node."""
@@ -56,12 +68,18 @@ def build_launch(
     config_path: str,
     python: str = "python",
     extra_env: dict[str, str] | None = None,
+    cpus: float | None = None,
 ) -> Launch:
     """Build the command that starts node ``node_rank`` of ``spec.distributed.nodes``.
 
     ``master_addr`` is rank 0's stable address (the headless Service's DNS name in a cluster,
     127.0.0.1 locally). The environment carries the rendezvous facts too (MASTER_ADDR, ...,
     WORLD_SIZE), so logs and tools see them without parsing argv.
+
+    Threads: ``spec.distributed.threadsPerProcess``, else the share of ``cpus`` (the pod's CPU
+    limit, when the caller knows it) per process, go into OMP_NUM_THREADS/MKL_NUM_THREADS and
+    :data:`~kubegraft.cpu_share.ENV_THREADS`. With neither, the environment says nothing and
+    each trainer process takes its share of the CPUs it finds (:mod:`kubegraft.cpu_share`).
     """
     d = spec.distributed
     if not 0 <= node_rank < d.nodes:
@@ -100,11 +118,12 @@ def build_launch(
         "NPROC_PER_NODE": str(d.procs_per_node),
         "WORLD_SIZE": str(d.nodes * d.procs_per_node),
         "PYTHONUNBUFFERED": "1",
-        # One intra-op thread per process unless the user says otherwise: N processes on N
-        # cores each spinning N threads is the classic CPU oversubscription trap.
-        "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    threads = launch_threads(spec, cpus)
+    if threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", ENV_THREADS):
+            env[var] = str(threads)
     if d.strategy.value == "deepspeed":
         # DeepSpeed must not try to compile ops at start-up on a machine without a compiler.
         env["DS_BUILD_OPS"] = "0"

@@ -607,8 +607,13 @@ class TrainingSpec(ApiModel):
     """Validation metric that picks the best checkpoint (loss is minimised, the others
     maximised)."""
     cache_frozen_features: bool = True
-    """When only the head trains and the frozen backbone is deterministic, compute its outputs
-    once and reuse them across epochs (same results, far faster)."""
+    """Compute the frozen part of the model once and reuse it across epochs: the backbone's
+    features when only the head trains, the hidden states below the lowest trainable block
+    when only the top blocks train (top-k, early gradual-unfreezing stages; the frozen blocks
+    then run without dropout). Same results, far faster; the log says when it cannot apply."""
+    cache_memory_limit_mib: int = Field(default=2048, ge=0, le=1048576)
+    """Largest frozen cache kept in memory per process (MiB); a larger one is memory-mapped
+    from files under output.path/cache when the disk has room, else it is not used."""
     num_workers: int = Field(default=0, ge=0, le=64)
     """Data-loader worker processes per training process."""
     log_every_steps: int = Field(default=10, ge=1)
@@ -698,6 +703,11 @@ class DistributedSpec(ApiModel):
     """DeepSpeed options, with strategy deepspeed."""
     master_port: int = Field(default=29500, ge=1024, le=65535)
     """Rendezvous port on the rank-0 pod."""
+    threads_per_process: int | None = Field(default=None, ge=1, le=256)
+    """Intra-op CPU threads of each training process (OMP_NUM_THREADS, torch's
+    set_num_threads). Omitted: each process's share of the CPUs it has, floor(CPUs /
+    procsPerNode), where CPUs is the pod's CPU limit (resources.limits.cpu) if set, else the
+    container's cgroup CPU quota, else the cores the process may run on."""
 
 
 # ------------------------------------------------------------------------------------------ pod

@@ -33,6 +33,7 @@ from kubegraft.constants import (
     MANAGED_BY,
     SHM_MOUNT_DIR,
 )
+from kubegraft.cpu_share import parse_cpu_quantity
 from kubegraft.launch import build_launch
 from kubegraft.progress import ENV_PROGRESS_TOKEN_FILE, PROGRESS_AUDIENCE, PROGRESS_TOKEN_DIR
 from kubegraft_operator import names
@@ -202,6 +203,15 @@ def _resources(job: FineTuneJob) -> Obj:
     return out
 
 
+def _cpu_limit(job: FineTuneJob) -> float | None:
+    """The pod's CPU limit in CPUs (what its processes share), None without one."""
+    limit = ((job.spec.pod.resources or {}).get("limits") or {}).get("cpu")
+    try:
+        return None if limit is None else parse_cpu_quantity(limit)
+    except ValueError:  # an odd quantity: the trainer measures its cgroup instead
+        return None
+
+
 def _env(
     job: FineTuneJob, *, namespace: str, rank: int, attempt: int, disruptions: int
 ) -> list[Obj]:
@@ -212,6 +222,7 @@ def _env(
         node_rank=rank,
         master_addr=names.master_addr(name, namespace),
         config_path=config_path,
+        cpus=_cpu_limit(job),
     )
     env: list[Obj] = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
     env.append({"name": ENV_ATTEMPT, "value": str(attempt)})

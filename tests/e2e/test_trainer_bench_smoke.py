@@ -76,8 +76,16 @@ def test_trainer_throughput_quick() -> None:
     assert rows["feature-extraction"]["feature_cache"] is True
     assert rows["full"]["feature_cache"] is False
     assert rows["top2"]["feature_cache"] is False
+    # top-2 of MiniLM's 6 blocks: the prefix below block 4 is cached; full caches nothing.
+    assert rows["top2"]["prefix_cache_boundary"] == 4
+    assert rows["full"]["prefix_cache_boundary"] is None
     assert rows["full"]["target"] == 1.0
-    assert rows["feature-extraction"]["target"] == 10.0
+    assert rows["top2"]["target"] == 2.0
+    assert rows["feature-extraction"]["target"] == 8.0
+    for r in rows.values():
+        assert r["threads"] == r["hf_threads"] >= 1, r
+        lo, mid, hi = (r["speed_ratio_spread"][k] for k in ("min", "median", "max"))
+        assert lo <= mid <= hi, r
     assert isinstance(rows["full"]["target_met"], bool)
     runs = doc["runs"]
     assert sorted((r["policy"], r["impl"]) for r in runs) == sorted(

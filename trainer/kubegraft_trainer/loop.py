@@ -15,7 +15,9 @@ things, and why:
    for DeepSpeed (ZeRO partitions what it is given). Frozen parameters have
    ``requires_grad=False``, so autograd never runs backward through a frozen prefix.
 4. When only the head trains, the backbone's features are computed once
-   (:mod:`~kubegraft_trainer.feature_cache`) and the head trains on them.
+   (:mod:`~kubegraft_trainer.feature_cache`) and the head trains on them; when only the top
+   blocks train, the hidden states below them are computed once and the top blocks and the
+   head train on those (recomputed when a gradual-unfreezing stage moves the boundary).
 5. Each optimizer step: stage update (gradual unfreezing; DDP is re-wrapped because its
    reducer is built for the parameters that required grad when it was made), micro-batches
    with the accumulation boundary on the last only (DDP's ``no_sync`` before it, DeepSpeed's
@@ -49,6 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kubegraft.api.v1alpha1 import FineTuneJobSpec, Precision, SchedulerKind, Strategy, Task
+from kubegraft.cpu_share import available_cpus, process_threads
 from kubegraft.progress import ProgressPublisher, ProgressReport, sinks_from_env, write_atomically
 from kubegraft_trainer.checkpointing import CheckpointManager, read_best, read_trainer_state
 from kubegraft_trainer.collectives import gather_all
@@ -64,14 +67,20 @@ from kubegraft_trainer.errors import ConfigError
 from kubegraft_trainer.evaluation import classification_metrics, evaluate, is_improvement
 from kubegraft_trainer.feature_cache import (
     MODEL_INPUTS,
+    CachePlan,
+    CacheTooLarge,
     FeatureDataset,
-    cache_blocker,
+    PrefixDataset,
+    cache_plan,
     compute_features,
     feature_collate,
+    prefix_collate,
+    prefix_modules,
 )
 from kubegraft_trainer.freeze import FreezePolicy
 from kubegraft_trainer.history import eval_records, step_record
 from kubegraft_trainer.metrics_exporter import LogWindow, TrainingMetrics, run_info_from_env
+from kubegraft_trainer.prefix_split import HIDDEN, PrefixSplitter
 from kubegraft_trainer.pretrained import ModelBundle, load_model, without_zero3_init
 from kubegraft_trainer.run_identity import identity_problem, job_uid, run_identity
 from kubegraft_trainer.run_report import write_run_report
@@ -83,6 +92,7 @@ METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 LABELS_FILE = "labels.json"
+CACHE_DIR = "cache"
 
 
 class _StopAgreed(Exception):
@@ -99,15 +109,17 @@ class _StopAgreed(Exception):
 class TrainStep(nn.Module):
     """What the distributed wrapper wraps: a batch dict in, logits out.
 
-    Cached batches (``features``) go through the head only; raw batches through the whole
-    model. Floating inputs are cast to ``input_dtype`` (DeepSpeed bf16/fp16 keeps the weights
-    in that dtype and does not cast inputs itself).
+    Cached batches (``features``) go through the head only, cached prefix states
+    (``hidden``) through the top blocks (``prefix``: the splitter and boundary) and the head;
+    raw batches through the whole model. Floating inputs are cast to ``input_dtype``
+    (DeepSpeed bf16/fp16 keeps the weights in that dtype and does not cast inputs itself).
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.input_dtype: torch.dtype | None = None
+        self.prefix: tuple[PrefixSplitter, int] | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         def cast(t: torch.Tensor) -> torch.Tensor:
@@ -115,6 +127,12 @@ class TrainStep(nn.Module):
 
         if "features" in batch:
             logits: torch.Tensor = self.model.forward_head(cast(batch["features"]))  # type: ignore[operator]
+            return logits
+        if HIDDEN in batch and self.prefix is not None:
+            splitter, boundary = self.prefix
+            state = {k: cast(v) for k, v in batch.items() if k in (HIDDEN, "attention_mask")}
+            features = splitter.suffix(boundary, state)
+            logits = self.model.forward_head(features)  # type: ignore[operator]
             return logits
         inputs = {k: cast(v) for k, v in batch.items() if k in MODEL_INPUTS}
         out: torch.Tensor = self.model(**inputs)
@@ -278,10 +296,19 @@ class Trainer:
         from accelerate.utils import set_seed
 
         spec, t = self.spec, self.spec.training
+        self.threads = process_threads(
+            os.environ,
+            spec_threads=spec.distributed.threads_per_process,
+            cpus=available_cpus(),
+            procs_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        )
+        torch.set_num_threads(self.threads)
         self.acc = make_accelerator(spec)
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
         self.main = self.acc.is_main_process
+        if self.main:
+            log.info("%d intra-op CPU threads per process", self.threads)
         if self.main:
             # Heartbeats from the first moment: loading a large model can take a while.
             self.progress = ProgressPublisher(
@@ -407,18 +434,8 @@ class Trainer:
                 t.metric_for_best,
             )
 
-        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        blocker = cache_blocker(
-            self.model,
-            self.bundle.layout,
-            trainable,
-            # (a causal LM has no separate backbone and head: cache_blocker says so)
-            enabled=t.cache_frozen_features and self.policy.num_stages == 1,
-            strategy=spec.distributed.strategy.value,
-        )
-        self.use_cache = blocker is None
-        if not self.use_cache and t.cache_frozen_features and self.main:
-            log.info("frozen-feature cache not used: %s", blocker)
+        self.plan: CachePlan | None = None
+        self._plan_cache()
 
         # Optimizer, schedule, wrapper.
         warm = warmup_steps(spec, self.total_steps)
@@ -485,35 +502,83 @@ class Trainer:
                     self.state.batches_done,
                 )
 
+    def _plan_cache(self) -> None:
+        """Decide what the current trainable set lets the loop cache (``self.plan``)."""
+        t = self.spec.training
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        plan = cache_plan(
+            self.model,
+            self.bundle.layout,
+            trainable,
+            # (a causal LM has no separate backbone and head: cache_plan says so)
+            enabled=t.cache_frozen_features,
+            strategy=self.spec.distributed.strategy.value,
+            freeze_batch_norm_stats=self.spec.freeze.freeze_batch_norm_stats,
+        )
+        self.plan = None if isinstance(plan, str) else plan
+        if isinstance(plan, str) and t.cache_frozen_features and self.main:
+            log.info("frozen-feature cache not used: %s", plan)
+        self._set_train_mode()
+
     def _cache_features(self) -> None:
-        """The frozen-feature cache (after the weights are final). Collective and possibly
-        long, so the stop flag is polled per batch; no step has been done yet in this run, so
-        a SIGTERM here has nothing new to save."""
+        """The frozen cache of the plan (after the weights are final). Collective and possibly
+        long, so the stop flag is polled per batch; no step has been done yet in this run (or
+        since the stage change that asked for it) that a SIGTERM here would lose."""
         self.train_source: tuple[Dataset[Any], Any] = (self.train_ds, self.collate)
         self.eval_sources = dict(self.eval_ds)
-        self.cache_seconds = 0.0
-        if not self.use_cache:
+        self.step_module.prefix = None
+        self.cache_seconds = getattr(self, "cache_seconds", 0.0)
+        plan = self.plan
+        if plan is None:
             return
         self._report(phase="caching")
         started = time.perf_counter()
+        self.model.eval()
         try:
-            self.train_source = (self._features(self.train_ds, self.collate), feature_collate)
-            self.eval_sources = {
-                k: (self._features(ds, c), feature_collate) for k, (ds, c) in self.eval_ds.items()
-            }
+            train = self._cached(self.train_ds, self.collate, "train", plan)
+            evals = {k: (self._cached(ds, c, k, plan)) for k, (ds, c) in self.eval_ds.items()}
         except _StopAgreed as stop:
             self._stop(stop.phase)
-        self.cache_seconds = time.perf_counter() - started
+        except CacheTooLarge as exc:
+            if self.main:
+                log.info("frozen-feature cache not used: %s", exc)
+            self.plan = None
+            self._set_train_mode()
+            return
+        self._set_train_mode()
+        self.train_source, self.eval_sources = train, evals
+        if plan.kind == "prefix":
+            assert plan.splitter is not None
+            self.step_module.prefix = (plan.splitter, plan.boundary)
+        seconds = time.perf_counter() - started
+        self.cache_seconds += seconds
         if self.main:
             log.info(
-                "cached frozen features of %d examples in %.1fs",
-                len(self.data.train),
-                self.cache_seconds,
+                "cached %s of %d examples in %.1fs", plan.describe(), len(self.data.train), seconds
             )
 
-    def _features(self, ds: Dataset[Any], collate: Any) -> FeatureDataset:
-        return compute_features(
-            self.model,
+    def _cached(
+        self, ds: Dataset[Any], collate: Any, name: str, plan: CachePlan
+    ) -> tuple[Dataset[Any], Any]:
+        model: Any = self.model
+        pad_to = None
+        if plan.kind == "features":
+
+            def forward(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                return {"features": model.forward_features(**inputs)}
+
+        else:
+            splitter, boundary = plan.splitter, plan.boundary
+            assert splitter is not None
+
+            def forward(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                return splitter.prefix(boundary, inputs)
+
+            encodings = getattr(ds, "encodings", None)
+            if isinstance(encodings, dict) and encodings.get("input_ids"):
+                pad_to = max(len(ids) for ids in encodings["input_ids"])
+        tables, labels = compute_features(
+            forward,
             ds,
             collate,
             batch_size=max(64, self.spec.training.per_device_batch_size),
@@ -522,7 +587,35 @@ class Trainer:
             device=self.acc.device,
             autocast=self.acc.autocast,
             before_batch=lambda: self._poll_stop("caching features"),
+            pad_to=pad_to,
+            memory_limit_bytes=self.spec.training.cache_memory_limit_mib * 2**20,
+            spill_dir=self.output / CACHE_DIR,
+            name=f"{name}-{plan.kind}{plan.boundary}",
         )
+        if plan.kind == "features":
+            return FeatureDataset(tables["features"], labels), feature_collate
+        return PrefixDataset(tables, labels), prefix_collate
+
+    def _replan(self) -> bool:
+        """After a stage change: re-plan the cache and rebuild it if the plan moved (collective:
+        every rank changes stage at the same step). True when the data sources changed."""
+        before = (self.plan.kind, self.plan.boundary) if self.plan else None
+        self._plan_cache()
+        after = (self.plan.kind, self.plan.boundary) if self.plan else None
+        if before == after:
+            return False
+        self._cache_features()
+        self.wrapped.train()
+        self._set_train_mode()
+        return True
+
+    def _drop_cache_files(self) -> None:
+        """Remove this process's memory-mapped cache files (they can be large)."""
+        rank = getattr(self, "rank", None)
+        if rank is None:
+            return
+        for path in (self.output / CACHE_DIR).glob(f"*-rank{rank}.bin"):
+            path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------- preemption
 
@@ -550,6 +643,11 @@ class Trainer:
 
     def _set_train_mode(self) -> None:
         self.policy.set_train_mode(self.model)
+        plan = getattr(self, "plan", None)
+        if plan is not None and plan.kind == "prefix":
+            # The cached prefix ran in eval mode: the uncached path of this run must not differ.
+            for name in prefix_modules(self.bundle.layout, plan.boundary):
+                self.model.get_submodule(name).eval()
         backbone = getattr(self.model, "backbone", None)
         if isinstance(backbone, nn.Module) and not any(
             p.requires_grad for p in backbone.parameters()
@@ -823,6 +921,7 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self._drop_cache_files()
             if self.progress is not None:
                 self.progress.close()
 
@@ -907,6 +1006,12 @@ class Trainer:
                     self._rewrap()
                     self._set_train_mode()
                     self._log_parameters()
+                    if self._replan():
+                        # Same sampler, same position: only where the examples come from changes.
+                        ds, collate = self.train_source
+                        sampler.set_epoch(self.state.epoch)
+                        sampler.skip(self.state.batches_done * bs)
+                        batches = iter(self._loader(ds, collate, sampler, bs))
                 n_micro = min(gas, self.micro_used - self.state.batches_done)
                 micro = [next(batches) for _ in range(n_micro)]
                 loss = self._optimizer_step(micro)
@@ -1076,8 +1181,14 @@ class Trainer:
                 "label_names": self.label_names,
                 "train_examples": len(self.data.train),
                 "processes": self.world,
+                "threads_per_process": self.threads,
                 "strategy": self.spec.distributed.strategy.value,
-                "feature_cache": self.use_cache,
+                "feature_cache": self.plan is not None and self.plan.kind == "features",
+                "prefix_cache_boundary": (
+                    self.plan.boundary
+                    if self.plan is not None and self.plan.kind == "prefix"
+                    else None
+                ),
                 "trainable_parameters": self.trainable,
                 "total_parameters": self.total_params,
                 "best_checkpoint": best["path"] if best else None,

@@ -48,6 +48,11 @@ class TextBackbone(nn.Module):
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         hidden: torch.Tensor = self.model(**kwargs).last_hidden_state
+        return self.pool(hidden, attention_mask)
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean of the hidden states over the real (unmasked) tokens."""
         if attention_mask is None:
             return hidden.mean(dim=1)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

@@ -1,0 +1,70 @@
+"""``kubegraft compare`` on the quickstart at a tiny budget: two real trials, table, plot, verdict.
+
+Each trial is a real ``kubegraft run`` of examples/quickstart.yaml (MiniLM on kaomoji) with the
+policy, the step budget and the seed overridden; the command reads their metrics.json files.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trainer_helpers import REPO, trainer_env
+
+pytestmark = [pytest.mark.trainer, pytest.mark.timeout(1800)]
+
+
+def test_compare_quickstart_small_budget(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubegraft.cli",
+            "compare",
+            str(REPO / "examples/quickstart.yaml"),
+            "--policies",
+            "feature-extraction,top-k:2",
+            "--budget-steps",
+            "3",
+            "--seeds",
+            "1",
+            "--nproc",
+            "1",
+            "--output",
+            str(out),
+            "--set",
+            "dataset.maxSamples=96",
+            "--set",
+            "dataset.maxEvalSamples=32",
+            "--set",
+            "training.perDeviceBatchSize=16",
+        ],
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=1700,
+        check=False,
+    )
+    logs = "".join(p.read_text(errors="replace")[-3000:] for p in out.glob("*.log"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr + logs
+    assert "feature-extraction" in proc.stdout
+    assert "top-k:2" in proc.stdout
+    assert "best per unit of cost:" in proc.stdout
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    doc = json.loads((out / "compare.json").read_text())
+    summaries = {s["policy"]: s for s in doc["summaries"]}
+    assert set(summaries) == {"feature-extraction", "top-k:2"}
+    assert (
+        summaries["feature-extraction"]["trainable_share"] < summaries["top-k:2"]["trainable_share"]
+    )
+    assert doc["verdict"]["best"] in summaries
+    assert doc["verdict"]["best_per_cost"] in summaries
+    fe = json.loads((out / "feature-extraction-seed0" / "metrics.json").read_text())
+    top = json.loads((out / "top-k2-seed0" / "metrics.json").read_text())
+    assert fe["step"] == top["step"] == 3  # the same budget
+    assert fe["feature_cache"] is True
+    assert top["prefix_cache_boundary"] == 4  # top-2 of 6 MiniLM blocks, prefix cached
