@@ -1,21 +1,26 @@
 """What it costs the operator to share its namespace with other work: start it in a namespace
-that holds many pods and ConfigMaps that are not its own, then change those ConfigMaps, and
-measure its CPU and memory. Not a test; prints a table.
+that holds many pods that are not its own, then change those pods, and measure its CPU and
+memory. Not a test; prints a table.
 
-    python bench/foreign_objects.py                          # 3000 ConfigMaps, 500 pods
-    python bench/foreign_objects.py --configmaps 1000 --pods 100 --updates 500
+    python bench/foreign_objects.py                          # 3000 pods, 1500 updates
+    python bench/foreign_objects.py --pods 1000 --updates 500
     python bench/foreign_objects.py --cluster STATE_DIR --json out.json   # an existing cluster
+
+Pods are what the operator watches in a namespace (its worker pods; it watches no ConfigMaps
+since rank 0 reports progress to its endpoint). The foreign pods carry a ~2 KB annotation and a
+scheduling gate, so they stay Pending at no cost to the scheduler or kwok; an update patches
+the annotation (a MODIFIED event for every watcher that receives the pod).
 
 Two rows, same cluster, same objects, one after the other:
 
-- ``operator``: the operator as it is (its pod and ConfigMap watches carry label selectors,
+- ``operator``: the operator as it is (its pod watch carries a label selector,
   :func:`kubegraft_operator.settings.watch_selectors`, so the API server sends only its own);
 - ``no selectors``: the same operator with the selectors switched off before kopf reads its
-  settings, i.e. kopf receives every pod and ConfigMap and drops the foreign ones in its
-  handler filters (how the operator watched before commit a4ef55e). This is the baseline.
+  settings, i.e. kopf receives every pod and drops the foreign ones in its handler filters
+  (how the operator watched before commit a4ef55e). This is the baseline.
 
 Columns: ``start CPU s`` from process start until its CPU stays still for 3 s (kopf's initial
-lists included); ``RSS MB`` after that; ``update CPU s`` for the ConfigMap updates (sent from
+lists included); ``RSS MB`` after that; ``update CPU s`` for the pod updates (sent from
 16 threads) until its CPU is still again; ``peak RSS MB`` (VmHWM). With ``-A``, what one
 namespace shows here applies to the whole cluster.
 """
@@ -43,9 +48,7 @@ from kubernetes import client, config  # noqa: E402
 from operator_harness import OperatorProcess, wait_for  # noqa: E402
 from operator_scale import control_plane, cpu_seconds, log, peak_rss_mb  # noqa: E402
 
-from kubegraft.devcluster.manifests import OUTCOME_LABEL  # noqa: E402
-
-PADDING = "x" * 2000  # a ConfigMap of ~2 KB, a small one
+PADDING = "x" * 2000  # ~2 KB per foreign pod, on top of its spec
 
 
 class WithoutSelectors(OperatorProcess):
@@ -76,43 +79,37 @@ def cpu_when_still(proc: psutil.Process, quiet: float = 3.0, timeout: float = 60
     return last
 
 
-def fill_namespace(core: Any, ns: str, configmaps: int, pods: int) -> None:
-    """Foreign ConfigMaps and pods (kept Running by kwok) in a new namespace ``ns``."""
+GATE = "kubegraft.io/bench-foreign"
+"""The scheduling gate that keeps the foreign pods Pending (nothing ever removes it)."""
+
+
+def fill_namespace(core: Any, ns: str, pods: int) -> None:
+    """Foreign pods in a new namespace ``ns``, held Pending by a scheduling gate."""
     core.create_namespace({"metadata": {"name": ns}})
-    pod_spec = {"containers": [{"name": "main", "image": "busybox"}]}
+
+    def create(i: int) -> None:
+        core.create_namespaced_pod(
+            ns,
+            {
+                "metadata": {"name": f"other-{i}", "annotations": {"padding": PADDING}},
+                "spec": {
+                    "containers": [{"name": "main", "image": "busybox"}],
+                    "schedulingGates": [{"name": GATE}],
+                },
+            },
+        )
+
     with ThreadPoolExecutor(16) as ex:
-        list(
-            ex.map(
-                lambda i: core.create_namespaced_config_map(
-                    ns, {"metadata": {"name": f"other-{i}"}, "data": {"d": PADDING}}
-                ),
-                range(configmaps),
-            )
-        )
-        list(
-            ex.map(
-                lambda i: core.create_namespaced_pod(
-                    ns,
-                    {
-                        "metadata": {"name": f"other-{i}", "labels": {OUTCOME_LABEL: "run"}},
-                        "spec": pod_spec,
-                    },
-                ),
-                range(pods),
-            )
-        )
+        list(ex.map(create, range(pods)))
 
-    def all_running() -> bool:
-        items = core.list_namespaced_pod(ns).items
-        return sum(1 for p in items if p.status.phase == "Running") >= pods
+    def all_there() -> bool:
+        return len(core.list_namespaced_pod(ns).items) >= pods
 
-    wait_for(all_running, 600, interval=1.0, message=f"{pods} foreign pods Running")
+    wait_for(all_there, 600, interval=1.0, message=f"{pods} foreign pods")
 
 
-def measure(
-    row: str, op: OperatorProcess, core: Any, configmaps: int, updates: int
-) -> dict[str, Any]:
-    """Start ``op``, let it settle, update the foreign ConfigMaps, let it settle again."""
+def measure(row: str, op: OperatorProcess, core: Any, pods: int, updates: int) -> dict[str, Any]:
+    """Start ``op``, let it settle, update the foreign pods, let it settle again."""
     assert op.namespace is not None
     op.start().wait_healthy()
     assert op.proc is not None
@@ -124,8 +121,10 @@ def measure(
         with ThreadPoolExecutor(16) as ex:
             list(
                 ex.map(
-                    lambda i: core.patch_namespaced_config_map(
-                        f"other-{i % configmaps}", op.namespace, {"data": {"d": f"{PADDING}{i}"}}
+                    lambda i: core.patch_namespaced_pod(
+                        f"other-{i % pods}",
+                        op.namespace,
+                        {"metadata": {"annotations": {"padding": f"{PADDING}{i}"}}},
                     ),
                     range(updates),
                 )
@@ -160,31 +159,30 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configmaps", type=int, default=3000)
-    parser.add_argument("--pods", type=int, default=500)
-    parser.add_argument("--updates", type=int, default=1500, help="ConfigMap updates")
+    parser.add_argument("--pods", type=int, default=3000)
+    parser.add_argument("--updates", type=int, default=1500, help="pod updates")
     parser.add_argument("--cluster", default=None, help="the cluster recorded in this state dir")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     ns = f"busy-{secrets.token_hex(3)}"
     with (
         tempfile.TemporaryDirectory(prefix="kubegraft-bench-logs-") as logs,
-        control_plane(args, args.pods) as cluster,
+        control_plane(args, 0) as cluster,  # the foreign pods are gated: no node needed,
     ):
         for path in sorted((ROOT / "manifests" / "crd").glob("*.yaml")):
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
         core = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
         try:
-            log(f"{args.configmaps} ConfigMaps and {args.pods} pods not the operator's in {ns}")
-            fill_namespace(core, ns, args.configmaps, args.pods)
+            log(f"{args.pods} pods not the operator's in {ns}")
+            fill_namespace(core, ns, args.pods)
             rows = []
             for row, cls in (("no selectors", WithoutSelectors), ("operator", OperatorProcess)):
                 log(f"row: {row}")
                 op = cls(cluster.kubeconfig, Path(logs) / f"{row}.log", namespace=ns)
-                rows.append(measure(row, op, core, args.configmaps, args.updates))
+                rows.append(measure(row, op, core, args.pods, args.updates))
         finally:
             core.delete_namespace(ns)
-    print(f"{args.configmaps} foreign ConfigMaps, {args.pods} foreign pods, {args.updates} updates")
+    print(f"{args.pods} foreign pods, {args.updates} updates")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
