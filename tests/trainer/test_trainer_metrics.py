@@ -54,7 +54,8 @@ SPEC: dict[str, Any] = {
         "maxSamples": 100,
         "maxLength": MAX_LENGTH,
     },
-    # the top block trains, so no frozen-feature cache: the steps see token batches
+    # the top block trains: the steps see token batches (cached below the top block by the
+    # frozen-prefix cache, with their attention mask)
     "freeze": {"preset": "top-k", "topK": 1},
     "training": {
         "epochs": EPOCHS,

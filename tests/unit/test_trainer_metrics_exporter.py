@@ -146,3 +146,20 @@ def test_attempt_and_preemptions_from_the_operators_environment() -> None:
         RunInfo(planned_steps=7, attempt=3, preemptions=1)
     )
     assert run_info_from_env(7, {}) == RunInfo(planned_steps=7, attempt=1, preemptions=0)
+
+
+def test_batch_counts_count_the_tokens_the_trainable_blocks_see() -> None:
+    import torch
+
+    from kubegraft_trainer.loop import batch_counts
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    labels = torch.tensor([0, 1])
+    tokens = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": mask}
+    assert batch_counts([{**tokens, "labels": labels}]) == (2, 5)
+    # the frozen-prefix cache: hidden states below the top block, with their mask
+    prefix = {"hidden": torch.zeros(2, 3, 8), "attention_mask": mask[:, :3], "labels": labels}
+    assert batch_counts([prefix, prefix]) == (4, 10)
+    # pooled features (feature extraction) and images carry no tokens
+    assert batch_counts([{"features": torch.zeros(2, 8), "labels": labels}]) == (2, None)
+    assert batch_counts([{"pixel_values": torch.zeros(2, 3, 4, 4), "labels": labels}]) == (2, None)

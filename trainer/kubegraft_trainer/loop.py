@@ -158,16 +158,16 @@ def lr_lambda(kind: SchedulerKind, *, warmup: int, total: int) -> Callable[[int]
 
 def batch_counts(micro: list[dict[str, torch.Tensor]]) -> tuple[int, int | None]:
     """Examples and non-padding tokens in the micro-batches of one step, as processed: an
-    epoch's short last batch counts what it holds. Tokens are None for batches without token
-    ids (images, cached features)."""
+    epoch's short last batch counts what it holds. Text batches are counted by their attention
+    mask, which the frozen-prefix cache keeps with its hidden states (the trainable top blocks
+    still process every token); tokens are None for batches without tokens (images, pooled
+    features)."""
     samples = sum(int(b["labels"].shape[0]) for b in micro)
-    if not all("input_ids" in b for b in micro):
-        return samples, None
-    tokens = sum(
-        int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["input_ids"].numel())
-        for b in micro
-    )
-    return samples, tokens
+    if all("attention_mask" in b for b in micro):
+        return samples, sum(int(b["attention_mask"].sum()) for b in micro)
+    if all("input_ids" in b for b in micro):
+        return samples, sum(int(b["input_ids"].numel()) for b in micro)
+    return samples, None
 
 
 def warmup_steps(spec: FineTuneJobSpec, total: int) -> int:
