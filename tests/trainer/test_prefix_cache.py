@@ -158,7 +158,7 @@ def test_minilm_prefix_cache_matches_uncached(tmp_path: Path, minilm_without_dro
     "(max <= lr) between the cached and uncached runs although the split is bitwise exact "
     "(test_efficientnet_split_is_exact); suspected ReLU6-dead channels whose gradient is 0 on "
     "one path and rounding-level on the other, which Adam turns into lr-sized steps; unproven",
-    strict=False,
+    strict=True,
 )
 def test_efficientnet_prefix_cache_matches_uncached(tmp_path: Path, small_digits: Path) -> None:
     model = {
