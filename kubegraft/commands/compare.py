@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from kubegraft.commands.overrides import add_set_argument
 from kubegraft.policy_compare import (
     PolicySummary,
     policy_freeze,
@@ -49,13 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=int, default=1, help="seeds per policy (>= 2 for a spread)")
     parser.add_argument("--nproc", type=int, default=1, help="local processes per trial")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override applied to every trial, as for kubegraft run (repeatable)",
+    add_set_argument(
+        parser, "an override applied to every trial, as for kubegraft run (repeatable)"
     )
     parser.add_argument(
         "--output", default=None, help="where the trials go (default: ./runs/compare-<job-name>)"

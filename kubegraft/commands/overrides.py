@@ -17,6 +17,7 @@ validation of the whole manifest, which names the field as the API server would.
 
 from __future__ import annotations
 
+import argparse
 import enum
 import types
 import typing
@@ -144,3 +145,11 @@ def apply_override(doc: dict[str, Any], assignment: str) -> None:
         node[last] = value
     else:
         raise OverrideError(f"--set {key}: cannot set {last!r} here")
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` option (into ``args.overrides``) that every command
+    taking a manifest offers, applied with :func:`apply_override`."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )

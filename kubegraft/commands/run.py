@@ -54,7 +54,7 @@ from pydantic import ValidationError
 
 from kubegraft.api.errors import describe
 from kubegraft.api.v1alpha1 import FineTuneJob
-from kubegraft.commands.overrides import OverrideError, apply_override
+from kubegraft.commands.overrides import OverrideError, add_set_argument, apply_override
 from kubegraft.commands.process_tree import ProcessTree
 from kubegraft.constants import ENV_METRICS_PORT
 from kubegraft.exitcodes import ExitCode, node_exit_code
@@ -77,14 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="local training processes (default: the manifest's procsPerNode)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. training.epochs=2 (repeatable)",
-    )
+    add_set_argument(parser, "override a field, e.g. training.epochs=2 (repeatable)")
     parser.add_argument(
         "--output", default=None, help="output directory (default: ./runs/<job-name>)"
     )
