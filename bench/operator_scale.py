@@ -145,6 +145,24 @@ class RoundResult:
 
     top_requests: list[tuple[str, float]] = field(default_factory=list)
     latency_ms: list[tuple[str, float]] = field(default_factory=list)
+    steady: SteadyResult | None = None
+    """The steady phase after the burst (``--steady``), when there was one."""
+
+
+@dataclass
+class SteadyResult:
+    """Jobs arriving at a steady rate while the burst's jobs stay resident (Running)."""
+
+    rate: float
+    """Jobs per second asked for."""
+    achieved_rate: float
+    """Jobs per second the sender achieved (creates sent over the phase's wall time)."""
+    jobs: int
+    resident: int
+    all_pods: Dist
+    running: Dist
+    cpu_ms_per_job: float
+    own_requests_per_job: float
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -474,7 +492,7 @@ KUBEFLOW_TUNED = Controller("kubeflow-tuned", "kubeflow", threads=8, qps=500, bu
 
 WORK = {
     "operator": "FineTuneJob: 4 pods, one headless Service, one config ConfigMap, status"
-    " writes, Events, kopf's finalizer; Running = all 4 pods Running",
+    " writes (pod counters coalesced), Events, no finalizer; Running = all 4 pods Running",
     "floor": "the same 4 pods only (no Service, status or Events); no Running",
     "kubeflow": "PyTorchJob 1 master + 3 workers: 4 pods (workers with an init container),"
     " one Service per pod, status and Events; Running = the master pod runs",
@@ -556,6 +574,38 @@ def submit_jobs(
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(create, names))
+    api.close()  # type: ignore[no-untyped-call]
+    return created
+
+
+def submit_paced(
+    kubeconfig: str, namespace: str, names: list[str], rate: float, kind: str = "kubegraft"
+) -> dict[str, float]:
+    """Create the jobs at ``rate`` per second: job i is sent at t0 + i / rate (8 threads, so a
+    slow create does not hold the next one back); when each create request was sent."""
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    api.configuration.connection_pool_maxsize = 12
+    api = client.ApiClient(api.configuration)
+    custom = client.CustomObjectsApi(api)
+    jk = PYTORCHJOB if kind == "kubeflow" else FINETUNEJOB
+    manifest = pytorchjob_manifest if kind == "kubeflow" else job_manifest
+    created: dict[str, float] = {}
+    t0 = time.monotonic() + 0.5
+
+    def create(i_name: tuple[int, str]) -> None:
+        i, name = i_name
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # the pacing itself, not a wait for a condition
+        created[name] = time.monotonic()
+        custom.create_namespaced_custom_object(
+            jk.group, jk.version, namespace, jk.plural, manifest(name)
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, enumerate(names)))
     api.close()  # type: ignore[no-untyped-call]
     return created
 
@@ -722,7 +772,10 @@ def run_round(
     controller: Controller = OPERATOR,
     peer: tuple[Path, Path] | None = None,
     clean_up: bool = False,
+    steady: tuple[float, float] | None = None,
 ) -> RoundResult:
+    """One burst of ``n`` jobs for one controller; with ``steady`` (rate, seconds), then jobs
+    at that rate for that long while the burst's jobs stay resident."""
     ns = f"bench-{n}-{secrets.token_hex(2)}"
     cluster.kubectl("create", "namespace", ns)
     server, ctx = _ssl_context(cluster.kubeconfig)
@@ -767,6 +820,7 @@ def run_round(
         if profile_dir and op is not None
         else None
     )
+    senders = contextlib.ExitStack()
     try:
         wait_quiet(proc)  # its start-up is not measured
         rss_idle = rss_mb(proc.pid)
@@ -776,39 +830,72 @@ def run_round(
         # The creates come from another process: in this one, 16 threads of TLS and JSON held
         # the GIL so long that the watches stamped milestones seconds late. (spawn, not fork:
         # this process has watch threads running.)
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as sender:
-            sender.submit(time.monotonic).result()  # started and warm before the clock runs
-            t0 = time.monotonic()
-            created = sender.submit(
-                submit_jobs, str(cluster.kubeconfig), ns, names, workers, controller.kind
-            ).result()
+        sender = senders.enter_context(
+            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        )
+        sender.submit(time.monotonic).result()  # started and warm before the clock runs
+        t0 = time.monotonic()
+        created = sender.submit(
+            submit_jobs, str(cluster.kubeconfig), ns, names, workers, controller.kind
+        ).result()
         submit = time.monotonic() - t0
         log(f"{n} jobs: created in {submit:.1f}s; waiting for " + ("pods" if floor else "Running"))
-        deadline = time.monotonic() + timeout
-        last_note = 0.0
 
-        def finished() -> int:
+        def done(of: list[str]) -> int:
             if not controller.waits_for_running:
-                return sum(1 for j in names if rec.all_pods_at(j) is not None)
-            return len(rec.job_running)
+                return sum(1 for j in of if rec.all_pods_at(j) is not None)
+            return sum(1 for j in of if j in rec.job_running)
 
-        while finished() < n and time.monotonic() < deadline:
-            time.sleep(0.25)
-            if time.monotonic() - last_note > 10:
-                last_note = time.monotonic()
-                pods, up = len(rec.pod_seen), len(rec.job_running)
-                log(f"  {pods}/{n * NODES_PER_JOB} pods, {up}/{n} Running")
+        def wait_done(of: list[str], deadline: float) -> None:
+            last_note = 0.0
+            while done(of) < len(of) and time.monotonic() < deadline:
+                time.sleep(0.25)
+                if time.monotonic() - last_note > 10:
+                    last_note = time.monotonic()
+                    pods, up = len(rec.pod_seen), len(rec.job_running)
+                    log(f"  {pods} pods, {up} Running; {done(of)}/{len(of)} of this phase done")
+
+        wait_done(names, time.monotonic() + timeout)
         after = settled_counts(server, ctx)  # its last status writes land in the counters
         cpu = cpu_seconds(proc) - cpu0
+        reconciles = reconcile_sum = math.nan
+        if op is not None:
+            reconciles = op.metric("kubegraft_operator_reconcile_duration_seconds_count")
+            reconcile_sum = op.metric("kubegraft_operator_reconcile_duration_seconds_sum")
+        burst_running = done(names) if controller.waits_for_running else 0
+        steady_result: SteadyResult | None = None
+        if steady is not None and done(names) == n:
+            rate, seconds = steady
+            more = [f"steady-{i:05d}" for i in range(round(rate * seconds))]
+            log(f"steady: {len(more)} jobs at {rate:g}/s with {n} resident")
+            cpu1 = cpu_seconds(proc)
+            t1 = time.monotonic()
+            created.update(
+                sender.submit(
+                    submit_paced, str(cluster.kubeconfig), ns, more, rate, controller.kind
+                ).result()
+            )
+            sent_for = time.monotonic() - t1
+            wait_done(more, time.monotonic() + timeout)
+            after_steady = settled_counts(server, ctx)
+            steady_result = SteadyResult(
+                rate=rate,
+                achieved_rate=len(more) / sent_for,
+                jobs=len(more),
+                resident=n,
+                all_pods=Dist.of([t - created[j] for j in more if (t := rec.all_pods_at(j))]),
+                running=Dist.of(
+                    [t - created[j] for j in more if (t := rec.job_running.get(j)) is not None]
+                ),
+                cpu_ms_per_job=1000 * (cpu_seconds(proc) - cpu1) / len(more),
+                own_requests_per_job=after_steady.minus(after).operator / len(more),
+            )
+
         if spy is not None:
             spy.stop()
             log(f"py-spy profile of the operator ({spy.out}):\n{spy.summary()}")
         rss = peak_rss_mb(proc.pid)
         diff = after.minus(before)
-        reconciles = reconcile_sum = math.nan
-        if op is not None:
-            reconciles = op.metric("kubegraft_operator_reconcile_duration_seconds_count")
-            reconcile_sum = op.metric("kubegraft_operator_reconcile_duration_seconds_sum")
         if clean_up:
             # Someone else's cluster: delete the round's jobs while their controller still
             # runs, so that the operator's finalizers are released and nothing stays
@@ -824,6 +911,7 @@ def run_round(
                 check=False,
             )
     finally:
+        senders.close()
         if spy is not None:
             spy.stop()
         rec.close()
@@ -860,7 +948,7 @@ def run_round(
         pods_span=Dist.of(between(rec.first_pod_at, rec.all_pods_at)),
         pods_running=Dist.of(between(rec.all_pods_at, rec.pods_running_at)),
         status_lag=Dist.of(between(rec.pods_running_at, running)),
-        jobs_running=len(rec.job_running),
+        jobs_running=burst_running,
         operator_cpu_seconds=cpu,
         operator_peak_rss_mb=rss,
         operator_idle_rss_mb=rss_idle,
@@ -877,7 +965,24 @@ def run_round(
             for k, _ in diff.by_kind.most_common(12)
             if not k.startswith("WATCH") and not math.isnan(diff.mean_ms(k))
         ],
+        steady=steady_result,
     )
+
+
+def steady_report(results: list[RoundResult]) -> str:
+    """The steady phases: create -> all pods and -> Running while the burst stays resident."""
+    lines = []
+    for r in results:
+        if (st := r.steady) is None:
+            continue
+        lines.append(
+            f"  {r.controller}: {st.jobs} jobs at {st.rate:g}/s (sent at {st.achieved_rate:.1f}/s)"
+            f" with {st.resident} resident: pods p50 / p99 / max {st.all_pods.p50:.2f} /"
+            f" {st.all_pods.p99:.2f} / {st.all_pods.max:.2f} s, Running p50 / p99"
+            f" {st.running.p50:.2f} / {st.running.p99:.2f} s; CPU {st.cpu_ms_per_job:.1f} ms/job,"
+            f" own requests {st.own_requests_per_job:.1f}/job"
+        )
+    return "steady load:\n" + "\n".join(lines) if lines else ""
 
 
 # ----------------------------------------------------------------------------- report
@@ -1066,8 +1171,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra environment for the operator (settings experiments)",
     )
+    parser.add_argument(
+        "--steady",
+        default=None,
+        metavar="RATE,SECONDS",
+        help="after each burst, RATE jobs/s for SECONDS more while the burst stays resident",
+    )
     args = parser.parse_args(argv)
     sizes = [10] if args.quick else [int(x) for x in args.jobs.split(",") if x.strip()]
+    steady: tuple[float, float] | None = None
+    if args.steady:
+        rate_s, seconds_s = args.steady.split(",")
+        steady = (float(rate_s), float(seconds_s))
+    steady_jobs = round(steady[0] * steady[1]) if steady else 0
     operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
     controllers = [OPERATOR]
     if args.floor:
@@ -1077,7 +1193,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[RoundResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="kubegraft-bench-work-") as work,
-        control_plane(args, sum(sizes) * NODES_PER_JOB * len(controllers)) as cluster,
+        control_plane(
+            args, (sum(sizes) + steady_jobs * len(sizes)) * NODES_PER_JOB * len(controllers)
+        ) as cluster,
     ):
         work_dir = Path(args.logs or work)
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -1107,6 +1225,7 @@ def main(argv: list[str] | None = None) -> int:
                     controller=c,
                     peer=peer,
                     clean_up=bool(args.cluster),  # someone else's cluster: leave it as it was
+                    steady=steady,
                 )
                 results.append(r)
                 print(table([r]), flush=True)
@@ -1125,6 +1244,8 @@ def main(argv: list[str] | None = None) -> int:
     print(ratios(results))
     print()
     print(where_the_time_goes(results))
+    print()
+    print(steady_report(results))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
     return 0 if all(r.complete for r in results) else 1

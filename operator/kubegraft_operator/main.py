@@ -8,13 +8,15 @@ Decorators only; each hands off to a module that does the work:
   the owning job's daemon (no per-event API calls); so do rank 0's progress reports, POSTed
   to :mod:`.progress_server` on kopf's event loop;
 - a spec change (suspend, runPolicy) wakes the daemon too; finished jobs with nothing left to
-  do have no daemon (and so no finalizer);
+  do have no daemon; no job carries a finalizer (:func:`_without_finalizer`): a deleted job's
+  daemon stops on the watch's DELETED event;
 - start-up applies :mod:`.settings`, builds the API client, serves /metrics; kopf's own
   ``--liveness`` endpoint serves /healthz with :func:`health` as a probe.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, TypeAlias
 
@@ -109,9 +111,30 @@ async def reconcile(
     **_: Any,
 ) -> None:
     """The per-job control loop; kopf starts it for every job that needs one
-    (:func:`.decide.keeps_reconciling`) and stops it on deletion, or once the job finished and
-    nothing of it runs any more (kopf then also drops its finalizer)."""
+    (:func:`.decide.keeps_reconciling`) and stops it once the job finished and nothing of it
+    runs any more; it returns by itself when the job is deleted (:func:`job_changed`)."""
     await _state["reconciler"].run_job((namespace or "", name), body, stopped, logger)
+
+
+def _without_finalizer(fn: Any) -> None:
+    """Have kopf start ``fn``'s daemons without putting its finalizer on the job.
+
+    kopf gives every object with a daemon a finalizer, so that the daemon stops before the
+    object goes; that cost a PATCH per job on the way to Running (and another on the way out),
+    the most expensive write there is (bench/operator_scale.py, issue 12). A FineTuneJob needs
+    nothing done before it goes: its pods, Service, ConfigMap and Workload are owned by it and
+    go with it through the garbage collector, and its daemon learns of the deletion from the
+    watch (:func:`job_changed`) and stops. kopf's decorator has no switch for this, so the
+    registered handler is replaced by a copy that does not ask for the finalizer;
+    ``tests/unit/test_operator_main.py`` fails if a kopf upgrade moves where it lives."""
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if h.fn is fn else h
+        for h in spawning._handlers
+    ]
+
+
+_without_finalizer(reconcile)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -123,6 +146,10 @@ async def job_changed(
     key = (namespace or "", name)
     status = body.get("status") or {}
     metrics.set_job_state(key, None if type == "DELETED" else status.get("state"))
+    if type == "DELETED":  # no finalizer: the daemon learns it here and stops
+        STORE.job_deleted(str(body.meta.get("uid") or ""))
+        STORE.wake(key)
+        return
     generation = body.meta.get("generation")
     observed = status.get("observedGeneration")
     if type == "MODIFIED" and generation != observed:
@@ -134,8 +161,8 @@ async def job_changed(
 )
 async def pod_event(*, body: kopf.Body, type: str, **_: Any) -> None:
     """Cache the worker pod and wake its job."""
-    key = STORE.put_pod(dict(body), deleted=type == "DELETED")
-    if key is not None:
+    key, changed = STORE.put_pod_event(dict(body), deleted=type == "DELETED")
+    if key is not None and changed:
         STORE.wake(key)
 
 

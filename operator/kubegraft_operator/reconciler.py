@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
 from kubegraft_operator import conditions as cond
-from kubegraft_operator import kueue, metrics, settings
+from kubegraft_operator import kueue, metrics, settings, status_writes
 from kubegraft_operator.apply import Api, merge_patch
 from kubegraft_operator.decide import CONFIRM_SECONDS, Decision, Event, claim_to_check, decide
 from kubegraft_operator.observe import (
@@ -64,6 +64,8 @@ class Outcome:
     """The job as returned by the status patch, when one was made."""
     state: str | None = None
     deleted: bool = False
+    held: bool = False
+    """The status change only moved pod counters and waits (:mod:`.status_writes`)."""
     pods: list[Obj] = field(default_factory=list)
     """Pods as the API answered our creates/deletes, to feed into the cache at once."""
     workloads: list[Obj] = field(default_factory=list)
@@ -132,8 +134,11 @@ class Reconciler:
         ns, name = key
         return self.api.list_job_pods(ns, name)
 
-    def reconcile_once(self, raw: Obj, observed: Observation, now: datetime) -> Outcome:
-        """Decide and apply; runs in a worker thread with snapshots only."""
+    def reconcile_once(
+        self, raw: Obj, observed: Observation, now: datetime, held_for: float | None = None
+    ) -> Outcome:
+        """Decide and apply; runs in a worker thread with snapshots only. ``held_for``: how
+        long a counters-only status change has been waiting (:mod:`.status_writes`)."""
         meta = raw.get("metadata") or {}
         ns, name = meta["namespace"], meta["name"]
         try:
@@ -153,7 +158,9 @@ class Reconciler:
         decision = decide(job, observed, now)
         workloads: list[Obj] = []
         pods = self._apply(decision, ns, workloads)
-        written = self._write_status(ns, name, raw, decision.status)
+        patch = merge_patch(_clean_status(raw.get("status")), decision.status.to_wire())
+        hold = status_writes.hold_for(patch, held_for)
+        written = None if hold is not None else self._send_status(ns, name, patch)
         if decision.gang_restart_reason:
             metrics.GANG_RESTARTS.labels(reason=decision.gang_restart_reason).inc()
         if decision.queue_wait_seconds is not None:  # the gang's pods are all created now
@@ -162,6 +169,8 @@ class Reconciler:
             self.api.delete_job(ns, name)
         state = decision.status.state
         requeue = decision.requeue_after
+        if hold is not None:
+            requeue = hold if requeue is None else min(requeue, hold)
         uid = meta.get("uid")
         if decision.workload_patch is not None and not workloads:
             # 409: Kueue changed the Workload meanwhile; its watch event brings the new one.
@@ -176,6 +185,7 @@ class Reconciler:
             written=written,
             state=str(state) if state else None,
             deleted=decision.delete_job,
+            held=hold is not None,
             pods=pods,
             workloads=workloads,
         )
@@ -314,9 +324,11 @@ class Reconciler:
         decision.requeue_after = None
 
     def _write_status(self, ns: str, name: str, raw: Obj, status: FineTuneJobStatus) -> Obj | None:
-        old = _clean_status(raw.get("status"))
-        new = status.to_wire()
-        patch = merge_patch(old, new)
+        return self._send_status(
+            ns, name, merge_patch(_clean_status(raw.get("status")), status.to_wire())
+        )
+
+    def _send_status(self, ns: str, name: str, patch: Obj) -> Obj | None:
         if not patch:
             return None
         try:
@@ -337,13 +349,15 @@ class Reconciler:
         """The per-job loop (a kopf daemon); returns when kopf stops the daemon."""
         wake = self.store.wakeup(key)
         last_written: Obj | None = None
+        held_since: float | None = None  # a counters-only status change waits since then
         failures = 0
         # A job that never had a status was never reconciled: nothing of it can be in the
         # API server that the watches will not deliver, and a leftover from an operator that
         # died half-way is a 409 on create. Only jobs with a status start with a fresh LIST.
         seeded = not live_body.get("status")
+        uid = (live_body.get("metadata") or {}).get("uid")
         try:
-            while not stopped:
+            while not stopped and not self.store.is_deleted(uid):
                 wake.clear()
                 started = time.monotonic()
                 delay: float | None
@@ -354,11 +368,18 @@ class Reconciler:
                     # Shielded: the status write of a finishing pass makes kopf stop this
                     # daemon (its filter) and may cancel it before the pass has posted its
                     # Events; the pass completes regardless.
-                    outcome = await asyncio.shield(self._pass(key, live_body, last_written))
+                    held_for = None if held_since is None else started - held_since
+                    outcome = await asyncio.shield(
+                        self._pass(key, live_body, last_written, held_for)
+                    )
                     if outcome is None:  # being deleted
                         return
                     if outcome.written is not None:
                         last_written = _version_and_status(outcome.written)
+                    if not outcome.held:
+                        held_since = None
+                    elif held_since is None:
+                        held_since = started
                     metrics.RECONCILES.labels(result="ok").inc()
                     failures = 0
                     delay = outcome.requeue_after
@@ -384,14 +405,18 @@ class Reconciler:
                 metrics.forget_all_jobs()  # the leader reports now
             elif reason is None or not reason & kopf.DaemonStoppingReason.FILTERS_MISMATCH:
                 metrics.set_job_state(key, None)  # gone (a finished job stays counted)
-            self.store.forget(key)
+            self.store.forget(key, wake)
 
     async def _seed(self, key: Key) -> None:
         pods = await asyncio.get_running_loop().run_in_executor(self.executor, self.seed, key)
         self.store.replace_pods(key, pods)
 
     async def _pass(
-        self, key: Key, live_body: Mapping[str, Any], last_written: Obj | None
+        self,
+        key: Key,
+        live_body: Mapping[str, Any],
+        last_written: Obj | None,
+        held_for: float | None = None,
     ) -> Outcome | None:
         """One observe -> decide -> apply pass in a worker thread; None when the job is being
         deleted. The status it starts from is the newer of the watched body's and our own
@@ -408,7 +433,7 @@ class Reconciler:
         if (wl := self.store.workload(key, uid)) is not None:
             observed = dataclasses.replace(observed, queue=kueue.QueueObservation(workload=wl))
         outcome = await asyncio.get_running_loop().run_in_executor(
-            pool, self.reconcile_once, raw, observed, datetime.now(UTC)
+            pool, self.reconcile_once, raw, observed, datetime.now(UTC), held_for
         )
         for pod in outcome.pods:
             self.store.put_pod(pod)

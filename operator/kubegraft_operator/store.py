@@ -21,7 +21,7 @@ cached at all, only the names of the NotReady ones.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,20 @@ def slim_workload(obj: Mapping[str, Any]) -> Obj:
     }
 
 
+def _without_version(slim: Obj) -> Obj:
+    return {
+        **slim,
+        "metadata": {k: v for k, v in slim["metadata"].items() if k != "resourceVersion"},
+    }
+
+
+def _remember(uids: dict[str, None], uid: str) -> None:
+    """Add to an insertion-ordered set bounded to :data:`MAX_TOMBSTONES` (oldest out)."""
+    uids[uid] = None
+    while len(uids) > MAX_TOMBSTONES:
+        del uids[next(iter(uids))]
+
+
 def job_key(obj: Mapping[str, Any]) -> Key | None:
     """The job name a labelled object is filed under, or None. Several jobs may have had that
     name (deleted and recreated): :meth:`Store.observation` tells them apart by owner UID."""
@@ -151,6 +165,9 @@ class Store:
     tombstones: dict[str, None] = field(default_factory=dict)
     """UIDs of pods seen deleted: an API response about such a pod that arrives after the
     watch's DELETED event must not bring it back as a ghost (insertion-ordered, bounded)."""
+    deleted_jobs: dict[str, None] = field(default_factory=dict)
+    """UIDs of FineTuneJobs seen deleted (bounded): jobs carry no finalizer, so their daemon
+    learns of the deletion from the watch, here, and stops (:mod:`.main`)."""
 
     # ---------------------------------------------------------------- wake-ups
     def wakeup(self, key: Key) -> asyncio.Event:
@@ -166,19 +183,38 @@ class Store:
         if ev is not None:
             ev.set()
 
-    def forget(self, key: Key) -> None:
-        """The job is gone (or no longer ours): drop everything about it."""
+    def forget(self, key: Key, wake: asyncio.Event | None = None) -> None:
+        """The job is gone (or no longer ours): drop everything about it. With ``wake`` (the
+        daemon's own wake-up), only while the name is still that daemon's: jobs carry no
+        finalizer, so a job of the same name may be created (and have a daemon, its pods in
+        the cache) before the deleted one's daemon has stopped."""
+        if wake is not None and self.wakeups.get(key) is not wake:
+            return
         self.wakeups.pop(key, None)
         self.pods.pop(key, None)
         self.progress.pop(key, None)
         self.workloads.pop(key, None)
 
+    def job_deleted(self, uid: str) -> None:
+        """A FineTuneJob is gone from the API server: its daemon must stop."""
+        _remember(self.deleted_jobs, uid)
+
+    def is_deleted(self, uid: str | None) -> bool:
+        return bool(uid) and uid in self.deleted_jobs
+
     # -------------------------------------------------------------------- pods
     def put_pod(self, pod: Obj, *, deleted: bool = False) -> Key | None:
         """Record a pod seen in a watch event or an API response; returns its job key."""
+        return self.put_pod_event(pod, deleted=deleted)[0]
+
+    def put_pod_event(self, pod: Obj, *, deleted: bool = False) -> tuple[Key | None, bool]:
+        """Record a pod; returns its job key and whether anything a decision reads changed
+        (phase, conditions, container states, node, deletion; not the resourceVersion), so
+        that a watch event which moves only what no decision reads (kwok's and the kubelet's
+        timestamps, IPs) does not cost a reconcile."""
         key = job_key(pod)
         if key is None:
-            return None
+            return None, False
         pod = slim_pod(pod)
         name = pod["metadata"]["name"]
         uid = pod["metadata"].get("uid")
@@ -191,16 +227,44 @@ class Store:
                 if not pods:  # nothing left of a job that is gone or finished
                     del self.pods[key]
             if uid:
-                self.tombstones[uid] = None
-                while len(self.tombstones) > MAX_TOMBSTONES:
-                    del self.tombstones[next(iter(self.tombstones))]
-            return key
+                _remember(self.tombstones, uid)
+            return key, True
         if uid in self.tombstones:  # a late event for a pod seen deleted: no ghost
-            return key
+            return key, False
         pods = self.pods.setdefault(key, {})
-        if newer_or_equal(pod, pods.get(name)):
-            pods[name] = pod
-        return key
+        cached = pods.get(name)
+        if not newer_or_equal(pod, cached):
+            return key, False
+        pods[name] = pod
+        return key, cached is None or _without_version(cached) != _without_version(pod)
+
+    def resync_pods(
+        self, covers: Callable[[str], bool], pods: list[Obj], version: str
+    ) -> list[Key]:
+        """A fresh LIST (at resourceVersion ``version``) of every worker pod in the namespaces
+        ``covers`` accepts (:mod:`.pod_watch`, after a start or a broken watch): cached pods
+        that existed by then and are not listed were deleted meanwhile; listed ones are put.
+        A cached pod newer than the LIST (our own create's answer, arriving while the LIST
+        was under way) is kept. Returns the jobs whose pods changed."""
+        listed = {_uid(p) for p in pods}
+        try:
+            at = int(version)
+        except ValueError:
+            at = None
+        changed: set[Key] = set()
+        for key, cached in list(self.pods.items()):
+            if not covers(key[0]):
+                continue
+            for pod in list(cached.values()):
+                rv = _rv(pod)
+                if _uid(pod) not in listed and at is not None and rv is not None and rv <= at:
+                    self.put_pod_event(pod, deleted=True)
+                    changed.add(key)
+        for pod in pods:
+            found, moved = self.put_pod_event(pod)
+            if found is not None and moved:
+                changed.add(found)
+        return sorted(changed)
 
     def replace_pods(self, key: Key, pods: list[Obj]) -> None:
         """Seed a job's pods from a fresh LIST (a daemon's first look after (re)start)."""

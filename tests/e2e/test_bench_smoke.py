@@ -1,7 +1,8 @@
 """Keeps the operator benchmarks working on the session's control plane:
 
-- ``bench/operator_scale.py --quick --floor`` (10 jobs of 4 nodes with the real operator, then
-  10 more with the pods-only floor controller);
+- ``bench/operator_scale.py --quick --floor --steady 2,3`` (10 jobs of 4 nodes with the real
+  operator, then 6 more at 2/s with the 10 resident; the same with the pods-only floor
+  controller);
 - ``bench/foreign_objects.py`` with 1000 ConfigMaps that are not the operator's.
 
 They check that each benchmark runs and measures something sensible; timings are not judged
@@ -42,7 +43,9 @@ def run_bench(cluster: Cluster, tmp: Path, script: str, *opts: str) -> tuple[str
 def test_operator_scale_quick_mode_measures_ten_jobs(
     cluster: Cluster, crd: list[str], tmp_path: Path
 ) -> None:
-    stdout, (r, floor) = run_bench(cluster, tmp_path, "operator_scale.py", "--quick", "--floor")
+    stdout, (r, floor) = run_bench(
+        cluster, tmp_path, "operator_scale.py", "--quick", "--floor", "--steady", "2,3"
+    )
     assert "where the time goes at 10 jobs" in stdout
     assert (r["floor"], r["jobs"], r["jobs_running"]) == (False, 10, 10)
     pods, running = r["all_pods"], r["running"]
@@ -60,6 +63,13 @@ def test_operator_scale_quick_mode_measures_ten_jobs(
     assert (floor["floor"], floor["jobs"], floor["jobs_running"]) == (True, 10, 0)
     assert floor["all_pods"]["n"] == 10
     assert 4 <= floor["operator_requests_per_job"] < r["operator_requests_per_job"]
+    # The steady phase: 6 more jobs at 2/s with the 10 resident, each measured on its own.
+    assert "steady load:" in stdout
+    for row, until in ((r, "running"), (floor, "all_pods")):
+        st = row["steady"]
+        assert (st["jobs"], st["resident"], st[until]["n"]) == (6, 10, 6)
+        assert 0 < st["all_pods"]["p50"] <= st["all_pods"]["max"]
+        assert st["own_requests_per_job"] >= 4
 
 
 def test_foreign_objects_reach_only_the_operator_without_selectors(

@@ -63,6 +63,7 @@ def test_create_runs_the_gang_and_succeeds(
     )
     if running["state"] == "Running":
         assert running["nodesReady"] == "2/2"
+        assert not _has_finalizer(kube, namespace, "happy")  # kopf's costs a write per job
     done = wait_for(
         lambda: state_is(kube, namespace, "happy", "Succeeded", "Failed"), WAIT, message="finished"
     )
@@ -82,9 +83,9 @@ def test_create_runs_the_gang_and_succeeds(
     assert "Succeeded" in table.splitlines()[1]
     assert operator.metric("kubegraft_operator_jobs", state="Succeeded") >= 1
     assert operator.metric("kubegraft_operator_reconcile_duration_seconds_count") > 0
-    # Finished with nothing left running: the daemon stops and kopf drops the finalizer, so
-    # the job can be deleted even with no operator running. It stays counted as Succeeded.
-    wait_for(lambda: not _has_finalizer(kube, namespace, "happy"), WAIT, message="no finalizer")
+    # No finalizer, ever (not even while it ran: checked above at Running): the job can be
+    # deleted with no operator running. Finished with nothing left running, it stays counted.
+    assert not _has_finalizer(kube, namespace, "happy")
     assert kube.status(namespace, "happy")["active"] == 0
     assert operator.metric("kubegraft_operator_jobs", state="Succeeded") >= 1
 
@@ -319,6 +320,31 @@ def test_delete_removes_everything_through_the_garbage_collector(
         WAIT,
         message="children garbage-collected",
     )
+
+
+def test_a_job_recreated_at_once_under_the_same_name_runs_its_own_gang(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    # Jobs carry no finalizer, so a job is gone the moment it is deleted and a new one of the
+    # same name can arrive while the old one's daemon is still stopping and its pods are still
+    # being collected. The new job must get its own gang and reach Running (the old daemon's
+    # exit must not take the name's wake-up or cache with it), and the old pods must go.
+    kube.create_job(namespace, job_manifest("again", nodes=2, outcome="run"))
+    wait_for(lambda: state_is(kube, namespace, "again", "Running"), WAIT, message="Running")
+    old_uid = (kube.job(namespace, "again") or {})["metadata"]["uid"]
+    kube.delete_job(namespace, "again")
+    wait_for(lambda: kube.job(namespace, "again") is None, WAIT, message="deleted")
+    kube.create_job(namespace, job_manifest("again", nodes=2, outcome="run"))
+    new_uid = (kube.job(namespace, "again") or {})["metadata"]["uid"]
+    assert new_uid != old_uid
+
+    def own_gang_running() -> bool:
+        pods = kube.pods(namespace, "again")
+        owners = {p["metadata"]["ownerReferences"][0]["uid"] for p in pods}
+        return owners == {new_uid} and len(pods) == 2 and state_is(kube, namespace, "again", "Running") is not None
+
+    wait_for(own_gang_running, WAIT, message="the new job's own gang Running, the old pods gone")
+    assert kube.status(namespace, "again")["restarts"] == 0
 
 
 def test_ttl_after_finished_deletes_the_job(

@@ -47,3 +47,14 @@ def test_kopf_watch_stream_decodes_with_orjson_once_installed(
     assert kopf_api.json.loads is codec.loads
     line = json.dumps(POD_EVENT).encode()
     assert kopf_api.json.loads(line.decode("utf-8")) == POD_EVENT
+
+
+def test_the_reconcile_daemon_asks_kopf_for_no_finalizer() -> None:
+    # main._without_finalizer edits kopf's registry: this fails if a kopf upgrade moves it.
+    import kopf
+
+    from kubegraft_operator import main
+
+    daemons = [h for h in kopf.get_default_registry()._spawning.get_all_handlers()]
+    ours = [h for h in daemons if h.fn is main.reconcile]
+    assert len(ours) == 1 and ours[0].requires_finalizer is False

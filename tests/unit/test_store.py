@@ -202,3 +202,41 @@ def test_reports_are_kept_by_job_with_their_owner_uid() -> None:
     assert (seen.step, seen.train_loss) == (10, 0.5)
     assert store.observation(("ns", "j"), "uid-2").progress is None  # another job's
     assert observe_progress(report) == seen
+
+
+def test_a_pod_event_wakes_the_job_only_when_something_a_decision_reads_changed() -> None:
+    store = Store()
+    pod = full_pod(STATUSES["pending-unschedulable"])
+    key, changed = store.put_pod_event(copy.deepcopy(pod))
+    assert key is not None and changed  # new
+    # kwok/kubelet status patches that move only timestamps, IPs, the resourceVersion
+    again = copy.deepcopy(pod)
+    again["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
+    again["status"]["podIP"] = "10.0.0.9"
+    again["status"]["conditions"][0]["lastProbeTime"] = "2026-01-01T00:00:09Z"
+    assert store.put_pod_event(again) == (key, False)
+    # an older event never counts, nor replaces the cached pod
+    assert store.put_pod_event(copy.deepcopy(pod)) == (key, False)
+    running = copy.deepcopy(again)
+    running["metadata"]["resourceVersion"] = str(int(again["metadata"]["resourceVersion"]) + 1)
+    running["status"] = {"phase": "Running"}
+    assert store.put_pod_event(running) == (key, True)
+    assert store.put_pod_event(copy.deepcopy(running), deleted=True) == (key, True)
+
+
+def test_a_stopping_daemon_does_not_take_a_new_same_named_job_with_it() -> None:
+    # No finalizer: a job of the same name may have its daemon before the old one stopped.
+    store = Store()
+    key = ("ns", "j")
+    old_wake = store.wakeup(key)
+    store.job_deleted("uid-old")
+    assert store.is_deleted("uid-old") and not store.is_deleted("uid-new")
+    store.forget(key)  # the old daemon's wake-up is unregistered ...
+    new_wake = store.wakeup(key)  # ... a new daemon registers its own
+    pod = full_pod(STATUSES["pending-unschedulable"])
+    pod["metadata"]["labels"]["kubegraft.io/job-name"] = "j"
+    store.put_pod(pod)
+    store.forget(key, old_wake)  # the old daemon's exit: not its name any more
+    assert store.wakeups[key] is new_wake and key in store.pods
+    store.forget(key, new_wake)
+    assert key not in store.wakeups and key not in store.pods
