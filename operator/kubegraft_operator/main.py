@@ -4,9 +4,10 @@ Decorators only; each hands off to a module that does the work:
 
 - one daemon per FineTuneJob runs :meth:`.reconciler.Reconciler.run_job` (observe, decide,
   apply, one status patch, Events);
-- watches on the worker pods, the nodes and Kueue's Workloads feed :mod:`.store` and wake
-  the owning job's daemon (no per-event API calls); so do rank 0's progress reports, POSTed
-  to :mod:`.progress_server` on kopf's event loop;
+- the worker pods' watch (:mod:`.pod_watch`, our own: kopf's per-event machinery was the
+  largest CPU cost at scale) and kopf's watches on the nodes and Kueue's Workloads feed
+  :mod:`.store` and wake the owning job's daemon (no per-event API calls); so do rank 0's
+  progress reports, POSTed to :mod:`.progress_server` on kopf's event loop;
 - a spec change (suspend, runPolicy) wakes the daemon too; finished jobs with nothing left to
   do have no daemon; no job carries a finalizer (:func:`_without_finalizer`): a deleted job's
   daemon stops on the watch's DELETED event;
@@ -16,27 +17,31 @@ Decorators only; each hands off to a module that does the work:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import sys
 from typing import Any, TypeAlias
 
 import kopf
 from kubernetes import client, config
 
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
-from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
+from kubegraft.constants import LABEL_JOB_NAME
 from kubegraft_operator import codec, kueue, metrics, settings
 from kubegraft_operator.apply import Api
 from kubegraft_operator.decide import keeps_reconciling
+from kubegraft_operator.pod_watch import PodWatch
 from kubegraft_operator.progress_server import Endpoint, ProgressServer
 from kubegraft_operator.reconciler import Reconciler
-from kubegraft_operator.render import COMPONENT_WORKER
 from kubegraft_operator.store import Store
 
 Logger: TypeAlias = logging.Logger | logging.LoggerAdapter[Any]
 STORE = Store()
 _state: dict[str, Reconciler] = {}
 _servers: list[ProgressServer] = []
+_pod_watches: list[PodWatch] = []
+SYNC_TIMEOUT = 60.0
 
 
 def _api_client() -> client.ApiClient:
@@ -69,6 +74,32 @@ def startup(*, settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> Non
         f"kubegraft operator started; metrics on :{port}; peering priority "
         f"{settings.peering.priority}"
     )
+
+
+@kopf.on.startup()
+async def start_pod_watch(**_: Any) -> None:
+    """The worker pods' watch (after :func:`startup`), on the namespaces kopf was given, and
+    wait for its first LIST: daemons of existing jobs then start from a full cache."""
+    watch = PodWatch(
+        _state["reconciler"].api.api_client,
+        STORE,
+        asyncio.get_running_loop(),
+        settings.watched_namespaces(sys.argv[1:]),
+    )
+    watch.start()
+    _pod_watches.append(watch)
+    loop = asyncio.get_running_loop()
+    if not await loop.run_in_executor(None, watch.synced.wait, SYNC_TIMEOUT):
+        # Daemons seed their own pods with a LIST; the watch keeps retrying (and says why).
+        logging.getLogger(__name__).warning(
+            f"the worker pods' first LIST did not complete within {SYNC_TIMEOUT:g}s"
+        )
+
+
+@kopf.on.cleanup()
+async def stop_pod_watch(**_: Any) -> None:
+    for watch in _pod_watches:
+        watch.stop()
 
 
 @kopf.on.startup()
@@ -153,16 +184,6 @@ async def job_changed(
     generation = body.meta.get("generation")
     observed = status.get("observedGeneration")
     if type == "MODIFIED" and generation != observed:
-        STORE.wake(key)
-
-
-@kopf.on.event(
-    "", "v1", "pods", labels={LABEL_JOB_NAME: kopf.PRESENT, LABEL_COMPONENT: COMPONENT_WORKER}
-)
-async def pod_event(*, body: kopf.Body, type: str, **_: Any) -> None:
-    """Cache the worker pod and wake its job."""
-    key, changed = STORE.put_pod_event(dict(body), deleted=type == "DELETED")
-    if key is not None and changed:
         STORE.wake(key)
 
 

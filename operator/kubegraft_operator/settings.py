@@ -89,10 +89,26 @@ def reconcile_threads() -> int:
     return max(1, int(os.environ.get(ENV_RECONCILE_THREADS, "32")))
 
 
-def watch_selectors() -> dict[str, str]:
-    """The label selector of each core/v1 kind the operator watches besides its own and the
-    nodes: only the worker pods (``main``'s handler filters on the same labels)."""
-    return {"pods": f"{LABEL_JOB_NAME},{LABEL_COMPONENT}={COMPONENT_WORKER}"}
+WORKER_POD_SELECTOR = f"{LABEL_JOB_NAME},{LABEL_COMPONENT}={COMPONENT_WORKER}"
+"""The label selector of the pods the operator watches (:mod:`.pod_watch`): only workers."""
+
+
+def watched_namespaces(argv: list[str]) -> list[str] | None:
+    """The namespaces (kopf's patterns) on the operator's command line, for the watches that
+    kopf does not run (:mod:`.pod_watch`); None for all: ``-A``, or neither option
+    (``python -m kubegraft_operator`` then adds ``-A``)."""
+    found: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-A", "--all-namespaces"):
+            return None
+        if arg in ("-n", "--namespace"):
+            found.append(next(args, ""))
+        elif arg.startswith("--namespace="):
+            found.append(arg.split("=", 1)[1])
+        elif arg.startswith("-n") and not arg.startswith("--"):
+            found.append(arg[2:].lstrip("="))
+    return [ns for ns in found if ns] or None
 
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -114,11 +130,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
-    # Server-side label selectors: without them kopf watches, decodes and processes every pod
-    # in the watched namespaces (the cluster, with -A), and keeps a memory for
-    # each, to drop all but ours in its client-side filters.
-    for plural, selector in watch_selectors().items():
-        settings.watching.label_selectors["", "v1", plural] = selector
     logging.getLogger("kopf.objects").setLevel(os.environ.get(ENV_OBJECT_LOG_LEVEL, "WARNING"))
     settings.execution.max_workers = int(os.environ.get(ENV_WORKERS, "16"))
     # Daemons stop promptly when the job is deleted or the operator pauses for a peer.

@@ -341,7 +341,11 @@ def test_a_job_recreated_at_once_under_the_same_name_runs_its_own_gang(
     def own_gang_running() -> bool:
         pods = kube.pods(namespace, "again")
         owners = {p["metadata"]["ownerReferences"][0]["uid"] for p in pods}
-        return owners == {new_uid} and len(pods) == 2 and state_is(kube, namespace, "again", "Running") is not None
+        return (
+            owners == {new_uid}
+            and len(pods) == 2
+            and state_is(kube, namespace, "again", "Running") is not None
+        )
 
     wait_for(own_gang_running, WAIT, message="the new job's own gang Running, the old pods gone")
     assert kube.status(namespace, "again")["restarts"] == 0

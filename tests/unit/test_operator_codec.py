@@ -57,4 +57,5 @@ def test_the_reconcile_daemon_asks_kopf_for_no_finalizer() -> None:
 
     daemons = [h for h in kopf.get_default_registry()._spawning.get_all_handlers()]
     ours = [h for h in daemons if h.fn is main.reconcile]
-    assert len(ours) == 1 and ours[0].requires_finalizer is False
+    assert len(ours) == 1
+    assert ours[0].requires_finalizer is False

@@ -17,9 +17,10 @@ def test_no_change_handlers_so_no_diff_base_is_needed() -> None:
     registry = kopf.get_default_registry()
     assert list(registry._changing.get_all_handlers()) == []
     assert [h.id for h in registry._spawning.get_all_handlers()] == ["reconcile"]
-    # jobs, pods, nodes, Kueue's Workloads: no ConfigMap watch (progress comes to the progress
-    # endpoint)
-    assert len(list(registry._watching.get_all_handlers())) == 4
+    # jobs, nodes, Kueue's Workloads: no ConfigMap watch (progress comes to the progress
+    # endpoint), and no pod watch: the operator watches its worker pods itself (pod_watch.py)
+    watched = {h.selector.any_name for h in registry._watching.get_all_handlers()}
+    assert watched == {"finetunejobs", "nodes", "workloads"}
 
 
 def test_configure_uses_our_storages_and_a_distinct_peering_priority() -> None:
@@ -39,13 +40,12 @@ def _core(plural: str, kind: str) -> kopf.Resource:
 
 def test_pods_are_filtered_by_the_api_server() -> None:
     # Only our worker pods may reach the operator: with -A, a client-side filter alone would
-    # decode and track every pod of the cluster. ConfigMaps are not watched at all.
+    # decode and track every pod of the cluster. kopf watches no pods (pod_watch.py does, with
+    # this selector); ConfigMaps are not watched at all.
+    assert settings.WORKER_POD_SELECTOR == "kubegraft.io/job-name,kubegraft.io/component=worker"
     ops = kopf.OperatorSettings()
     settings.configure(ops)
     selectors = ops.watching.label_selectors
-    assert selectors.collect(_core("pods", "Pod")) == [
-        "kubegraft.io/job-name,kubegraft.io/component=worker"
-    ]
     assert selectors.collect(_core("nodes", "Node")) == []  # every node matters
     jobs = kopf.Resource("kubegraft.io", "v1alpha1", "finetunejobs", namespaced=True)
     assert selectors.collect(jobs) == []

@@ -208,7 +208,8 @@ def test_a_pod_event_wakes_the_job_only_when_something_a_decision_reads_changed(
     store = Store()
     pod = full_pod(STATUSES["pending-unschedulable"])
     key, changed = store.put_pod_event(copy.deepcopy(pod))
-    assert key is not None and changed  # new
+    assert key is not None
+    assert changed
     # kwok/kubelet status patches that move only timestamps, IPs, the resourceVersion
     again = copy.deepcopy(pod)
     again["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
@@ -230,13 +231,16 @@ def test_a_stopping_daemon_does_not_take_a_new_same_named_job_with_it() -> None:
     key = ("ns", "j")
     old_wake = store.wakeup(key)
     store.job_deleted("uid-old")
-    assert store.is_deleted("uid-old") and not store.is_deleted("uid-new")
+    assert store.is_deleted("uid-old")
+    assert not store.is_deleted("uid-new")
     store.forget(key)  # the old daemon's wake-up is unregistered ...
     new_wake = store.wakeup(key)  # ... a new daemon registers its own
     pod = full_pod(STATUSES["pending-unschedulable"])
     pod["metadata"]["labels"]["kubegraft.io/job-name"] = "j"
     store.put_pod(pod)
     store.forget(key, old_wake)  # the old daemon's exit: not its name any more
-    assert store.wakeups[key] is new_wake and key in store.pods
+    assert store.wakeups[key] is new_wake
+    assert key in store.pods
     store.forget(key, new_wake)
-    assert key not in store.wakeups and key not in store.pods
+    assert key not in store.wakeups
+    assert key not in store.pods
