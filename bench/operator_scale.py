@@ -297,10 +297,13 @@ PYTORCHJOB = JobKind(
 class Recorder:
     """Watches a namespace's pods and jobs and stamps when each milestone was seen."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, kind: JobKind = FINETUNEJOB) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespaces: list[str], kind: JobKind = FINETUNEJOB
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
-        self.namespace = namespace
+        self.namespaces = set(namespaces)
+        """One: namespaced watches; several (shards): cluster-wide ones, filtered to them."""
         self.kind = kind
         self.pod_seen: dict[str, float] = {}
         self.pod_running: dict[str, float] = {}
@@ -314,20 +317,22 @@ class Recorder:
         self.watches: list[watch.Watch] = []
 
     def start(self) -> None:
-        pod_list = self.core.list_namespaced_pod(self.namespace, limit=1)
-        pods_rv = pod_list.metadata.resource_version if pod_list.metadata else None
         k = self.kind
-        jobs: Any = self.custom.list_namespaced_custom_object(
-            k.group, k.version, self.namespace, k.plural, limit=1
-        )
-        jobs_rv = jobs["metadata"]["resourceVersion"]
-        pods = (self.core.list_namespaced_pod, (self.namespace,), self._on_pod, pods_rv)
-        ftjs = (
-            self.custom.list_namespaced_custom_object,
-            (k.group, k.version, self.namespace, k.plural),
-            self._on_job,
-            jobs_rv,
-        )
+        if len(self.namespaces) == 1:
+            (ns,) = self.namespaces
+            list_pods: Callable[..., Any] = self.core.list_namespaced_pod
+            list_jobs: Callable[..., Any] = self.custom.list_namespaced_custom_object
+            pod_args: tuple[Any, ...] = (ns,)
+            job_args: tuple[Any, ...] = (k.group, k.version, ns, k.plural)
+        else:
+            list_pods = self.core.list_pod_for_all_namespaces
+            list_jobs = self.custom.list_cluster_custom_object
+            pod_args, job_args = (), (k.group, k.version, k.plural)
+        pod_list = list_pods(*pod_args, limit=1)
+        pods_rv = pod_list.metadata.resource_version if pod_list.metadata else None
+        jobs_rv = list_jobs(*job_args, limit=1)["metadata"]["resourceVersion"]
+        pods = (list_pods, pod_args, self._on_pod, pods_rv)
+        ftjs = (list_jobs, job_args, self._on_job, jobs_rv)
         for func, args, handler, rv in (pods, ftjs):
             t = threading.Thread(target=self._loop, args=(func, args, handler, rv), daemon=True)
             t.start()
@@ -359,7 +364,8 @@ class Recorder:
                 ):
                     obj = event["object"]
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)
-                    if event["type"] in ("ADDED", "MODIFIED"):
+                    ours = obj.get("metadata", {}).get("namespace") in self.namespaces
+                    if ours and event["type"] in ("ADDED", "MODIFIED"):
                         handler(event["type"], obj)
                     if self.stop.is_set():
                         return
@@ -473,6 +479,8 @@ class Controller:
     threads: int | None = None
     qps: float | None = None
     burst: int | None = None
+    shards: int = 1
+    """Operator processes, each watching a namespace of its own with half the jobs."""
 
     @property
     def job_kind(self) -> JobKind:
@@ -484,6 +492,8 @@ class Controller:
 
 
 OPERATOR = Controller("operator", "kubegraft")
+OPERATOR_2_SHARDS = Controller("operator-2shards", "kubegraft", shards=2)
+"""Two operator processes, one per namespace (a namespace set each), the burst split evenly."""
 FLOOR = Controller("floor", "floor")
 KUBEFLOW_DEFAULTS = Controller("kubeflow", "kubeflow", threads=1)
 """The peer as users get it: one reconcile thread, controller-runtime's client QPS 20 / 30."""
@@ -493,6 +503,8 @@ KUBEFLOW_TUNED = Controller("kubeflow-tuned", "kubeflow", threads=8, qps=500, bu
 WORK = {
     "operator": "FineTuneJob: 4 pods, one headless Service, one config ConfigMap, status"
     " writes (pod counters coalesced), Events, no finalizer; Running = all 4 pods Running",
+    "operator-2shards": "the same, by two operator processes: each watches one of two"
+    " namespaces and gets half the burst; CPU and RSS are the two processes' sums",
     "floor": "the same 4 pods only (no Service, status or Events); no Running",
     "kubeflow": "PyTorchJob 1 master + 3 workers: 4 pods (workers with an init container),"
     " one Service per pod, status and Events; Running = the master pod runs",
@@ -777,13 +789,15 @@ def run_round(
     """One burst of ``n`` jobs for one controller; with ``steady`` (rate, seconds), then jobs
     at that rate for that long while the burst's jobs stay resident."""
     ns = f"bench-{n}-{secrets.token_hex(2)}"
-    cluster.kubectl("create", "namespace", ns)
+    spaces = [ns] if controller.shards == 1 else [f"{ns}-{i}" for i in range(controller.shards)]
+    for space in spaces:
+        cluster.kubectl("create", "namespace", space)
     server, ctx = _ssl_context(cluster.kubeconfig)
     api_tmp = cluster.api_client()
     cfg = api_tmp.configuration
     cfg.connection_pool_maxsize = max(workers, 8) + 4
     api = client.ApiClient(cfg)
-    op: OperatorProcess | None = None
+    ops: list[OperatorProcess] = []
     floor_proc: subprocess.Popen[str] | None = None
     peer_proc: PeerProcess | None = None
     floor = controller.kind == "floor"
@@ -808,36 +822,59 @@ def run_round(
         peer_proc.wait_started()
         proc = psutil.Process(peer_proc.proc.pid)
     else:
-        op = OperatorProcess(
-            op_kubeconfig, work_dir / f"operator-{n}.log", namespace=ns, env=operator_env
-        )
-        op.start().wait_healthy(120)
-        proc = psutil.Process(op.proc.pid)  # type: ignore[union-attr]
-    rec = Recorder(api, ns, controller.job_kind)
+        for i, space in enumerate(spaces):
+            shard = "" if len(spaces) == 1 else f"-shard{i}"
+            ops.append(
+                OperatorProcess(
+                    op_kubeconfig,
+                    work_dir / f"operator-{n}{shard}.log",
+                    namespace=space,
+                    env=operator_env,
+                )
+            )
+            ops[-1].start().wait_healthy(120)
+        proc = psutil.Process(ops[0].proc.pid)  # type: ignore[union-attr]
+    procs = [proc] + [psutil.Process(o.proc.pid) for o in ops[1:]]  # type: ignore[union-attr]
+    rec = Recorder(api, spaces, controller.job_kind)
     rec.start()  # its watches start at the LIST's resourceVersion: nothing after it is missed
     spy = (
         Profiler(proc.pid, profile_dir / f"{controller.name}-{n}.txt")
-        if profile_dir and op is not None
+        if profile_dir and ops
         else None
     )
+
+    def cpu_now() -> float:
+        return sum(cpu_seconds(p) for p in procs)
+
     senders = contextlib.ExitStack()
     try:
-        wait_quiet(proc)  # its start-up is not measured
-        rss_idle = rss_mb(proc.pid)
+        for p in procs:
+            wait_quiet(p)  # its start-up is not measured
+        rss_idle = sum(rss_mb(p.pid) for p in procs)
         before = ApiCounts.read(server, ctx)
-        cpu0 = cpu_seconds(proc)
+        cpu0 = cpu_now()
         names = [f"job-{i:05d}" for i in range(n)]
         # The creates come from another process: in this one, 16 threads of TLS and JSON held
         # the GIL so long that the watches stamped milestones seconds late. (spawn, not fork:
         # this process has watch threads running.)
         sender = senders.enter_context(
-            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            ProcessPoolExecutor(len(spaces), mp_context=multiprocessing.get_context("spawn"))
         )
-        sender.submit(time.monotonic).result()  # started and warm before the clock runs
+        for warm in [sender.submit(time.monotonic) for _ in spaces]:
+            warm.result()  # started and warm before the clock runs
         t0 = time.monotonic()
-        created = sender.submit(
-            submit_jobs, str(cluster.kubeconfig), ns, names, workers, controller.kind
-        ).result()
+        shares = [  # shards: each namespace gets every k-th job, all sent at once
+            sender.submit(
+                submit_jobs,
+                str(cluster.kubeconfig),
+                space,
+                names[i :: len(spaces)],
+                max(1, workers // len(spaces)),
+                controller.kind,
+            )
+            for i, space in enumerate(spaces)
+        ]
+        created = {k: v for share in shares for k, v in share.result().items()}
         submit = time.monotonic() - t0
         log(f"{n} jobs: created in {submit:.1f}s; waiting for " + ("pods" if floor else "Running"))
 
@@ -857,18 +894,22 @@ def run_round(
 
         wait_done(names, time.monotonic() + timeout)
         after = settled_counts(server, ctx)  # its last status writes land in the counters
-        cpu = cpu_seconds(proc) - cpu0
+        cpu = cpu_now() - cpu0
         reconciles = reconcile_sum = math.nan
-        if op is not None:
-            reconciles = op.metric("kubegraft_operator_reconcile_duration_seconds_count")
-            reconcile_sum = op.metric("kubegraft_operator_reconcile_duration_seconds_sum")
+        if ops:
+            reconciles = sum(
+                o.metric("kubegraft_operator_reconcile_duration_seconds_count") for o in ops
+            )
+            reconcile_sum = sum(
+                o.metric("kubegraft_operator_reconcile_duration_seconds_sum") for o in ops
+            )
         burst_running = done(names) if controller.waits_for_running else 0
         steady_result: SteadyResult | None = None
-        if steady is not None and done(names) == n:
+        if steady is not None and done(names) == n and len(spaces) == 1:
             rate, seconds = steady
             more = [f"steady-{i:05d}" for i in range(round(rate * seconds))]
             log(f"steady: {len(more)} jobs at {rate:g}/s with {n} resident")
-            cpu1 = cpu_seconds(proc)
+            cpu1 = cpu_now()
             t1 = time.monotonic()
             created.update(
                 sender.submit(
@@ -887,36 +928,37 @@ def run_round(
                 running=Dist.of(
                     [t - created[j] for j in more if (t := rec.job_running.get(j)) is not None]
                 ),
-                cpu_ms_per_job=1000 * (cpu_seconds(proc) - cpu1) / len(more),
+                cpu_ms_per_job=1000 * (cpu_now() - cpu1) / len(more),
                 own_requests_per_job=after_steady.minus(after).operator / len(more),
             )
 
         if spy is not None:
             spy.stop()
             log(f"py-spy profile of the operator ({spy.out}):\n{spy.summary()}")
-        rss = peak_rss_mb(proc.pid)
+        rss = sum(peak_rss_mb(p.pid) for p in procs)
         diff = after.minus(before)
         if clean_up:
             # Someone else's cluster: delete the round's jobs while their controller still
-            # runs, so that the operator's finalizers are released and nothing stays
-            # Terminating into the next round; then the namespace.
+            # runs (a peer's finalizers are released, nothing stays Terminating into the next
+            # round); then the namespaces.
             jk = controller.job_kind
-            cluster.kubectl(
-                "delete",
-                f"{jk.plural}.{jk.group}",
-                "--all",
-                "-n",
-                ns,
-                "--timeout=600s",
-                check=False,
-            )
+            for space in spaces:
+                cluster.kubectl(
+                    "delete",
+                    f"{jk.plural}.{jk.group}",
+                    "--all",
+                    "-n",
+                    space,
+                    "--timeout=600s",
+                    check=False,
+                )
     finally:
         senders.close()
         if spy is not None:
             spy.stop()
         rec.close()
-        if op is not None:
-            op.stop()
+        for o in ops:
+            o.stop()
         if floor_proc is not None:
             floor_proc.terminate()
             floor_proc.wait(30)
@@ -925,7 +967,8 @@ def run_round(
         api.close()  # type: ignore[no-untyped-call]
         api_tmp.close()  # type: ignore[no-untyped-call]
         if clean_up:
-            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+            for space in spaces:
+                cluster.kubectl("delete", "namespace", space, "--wait=false", check=False)
     if rec.errors:
         log(f"watch errors: {rec.errors[:3]}")
 
@@ -1049,15 +1092,16 @@ def ratios(results: list[RoundResult]) -> str:
     """The operator's figures over each baseline's of the same size (below 1: the operator
     is faster or cheaper)."""
     lines = []
+    ours = {c.name for c in (OPERATOR, OPERATOR_2_SHARDS)}
     for r in results:
-        if r.controller != "operator":
+        if r.controller not in ours:
             continue
         for base in results:
-            if base.jobs != r.jobs or base.controller == "operator":
+            if base.jobs != r.jobs or base.controller in ours:
                 continue
             cpu = (r.operator_cpu_seconds / r.jobs, base.operator_cpu_seconds / base.jobs)
             lines.append(
-                f"  {r.jobs} jobs, operator / {base.controller}: pods p99"
+                f"  {r.jobs} jobs, {r.controller} / {base.controller}: pods p99"
                 f" {_ratio(r.all_pods.p99, base.all_pods.p99)}, Running p99"
                 f" {_ratio(r.running.p99, base.running.p99)}, CPU per job {_ratio(*cpu)},"
                 f" own requests per job"
@@ -1172,6 +1216,12 @@ def main(argv: list[str] | None = None) -> int:
         help="extra environment for the operator (settings experiments)",
     )
     parser.add_argument(
+        "--shards",
+        action="store_true",
+        help="after each operator round, the same burst for two operator processes, one per"
+        " namespace (the row operator-2shards)",
+    )
+    parser.add_argument(
         "--steady",
         default=None,
         metavar="RATE,SECONDS",
@@ -1186,6 +1236,8 @@ def main(argv: list[str] | None = None) -> int:
     steady_jobs = round(steady[0] * steady[1]) if steady else 0
     operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
     controllers = [OPERATOR]
+    if args.shards:
+        controllers.append(OPERATOR_2_SHARDS)
     if args.floor:
         controllers.append(FLOOR)
     if args.peer:
