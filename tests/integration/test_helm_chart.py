@@ -86,6 +86,46 @@ def template(helm_bin: Path, *args: str, chart: Path = CHART) -> list[dict[str, 
 
 
 # ------------------------------------------------------------------ without a control plane
+def test_two_releases_shard_the_namespaces_without_sharing_an_object(helm_bin: Path) -> None:
+    # Scaling out (docs/operator.md): one release per set of namespaces, the CRDs with one.
+    def release(name: str, ns: str, *values: str) -> list[dict[str, Any]]:
+        out = helm(
+            helm_bin, "template", name, str(CHART), "-n", ns, f"--kube-version={KUBE_VERSION}",
+            "--set", "replicaCount=2", *values,
+        ).stdout  # fmt: skip
+        return [d for d in yaml.safe_load_all(out) if d]
+
+    a = release("kg-a", "kubegraft-a", "--set", "watchNamespaces={team-a,team-b}")
+    b = release("kg-b", "kubegraft-b", "--set", "watchNamespaces={team-c}",
+                "--set", "crds.enabled=false")  # fmt: skip
+
+    def ids(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+        return {
+            (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in docs
+        }
+
+    assert not ids(a) & ids(b)  # no object both releases would own
+    assert not [d for d in b if d["kind"] == "CustomResourceDefinition"]
+    assert [d for d in a if d["kind"] == "CustomResourceDefinition"]
+
+    def args(docs: list[dict[str, Any]]) -> list[str]:
+        (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+        return list(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert [x for x in args(a) if x.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+    assert [x for x in args(b) if x.startswith("--namespace")] == ["--namespace=team-c"]
+    # each set has its own leader election (kopf peering named after the release)
+    assert "--peering=kg-a-kubegraft" in args(a)
+    assert "--peering=kg-b-kubegraft" in args(b)
+    roles = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]) for d in a + b if d["kind"] == "Role"
+    }
+    assert {ns for ns, _ in roles} == {"team-a", "team-b", "team-c"}
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_helm_lint_strict(helm_bin: Path, mode: str) -> None:
     res = helm(helm_bin, "lint", "--strict", str(CHART), f"--kube-version={KUBE_VERSION}",
