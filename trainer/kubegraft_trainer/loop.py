@@ -976,6 +976,7 @@ class Trainer:
         window_samples, window_tokens = 0, 0
         self.train_started = train_started = time.perf_counter()
         self.steps_this_run = 0
+        self.step_seconds = 0.0  # optimizer steps alone (kubegraft compare --budget-seconds)
 
         def log_window() -> None:
             """Collective: every rank at the same steps (logging boundaries, the end)."""
@@ -1015,6 +1016,7 @@ class Trainer:
                 n_micro = min(gas, self.micro_used - self.state.batches_done)
                 micro = [next(batches) for _ in range(n_micro)]
                 loss = self._optimizer_step(micro)
+                self.step_seconds += time.perf_counter() - step_started
                 self.state.step += 1
                 samples, tokens = batch_counts(micro)
                 window_samples += samples
@@ -1196,6 +1198,8 @@ class Trainer:
                 "metric_for_best": self._metric_for_best(main or None),
                 "wall_seconds": round(time.time() - started, 2),
                 "train_seconds": round(self.train_seconds, 2),
+                "cache_seconds": round(self.cache_seconds, 2),
+                "step_seconds": round(self.step_seconds, 2),
                 "samples_per_second": round(self.samples_per_second, 2),
                 "model_dir": str(self.output / MODEL_DIR)
                 if self.spec.output.save_final_model
