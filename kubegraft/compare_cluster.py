@@ -98,9 +98,11 @@ def current_namespace(kubeconfig: str | None, context: str | None) -> str:
     """The namespace of the kube context in use (``default`` when it names none)."""
     from kubernetes import config
 
-    _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except config.ConfigException as exc:
+        raise SystemExit(f"kubegraft compare --cluster: kubeconfig: {exc}") from exc
     if context:
-        contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
         active = next((c for c in contexts if c["name"] == context), active)
     return str((active or {}).get("context", {}).get("namespace") or "default")
 
@@ -130,9 +132,12 @@ def run_trials(
     from kubernetes import client, config, watch
     from kubernetes.client.exceptions import ApiException
 
-    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=kubeconfig, context=context
-    )
+    try:
+        api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context
+        )
+    except config.ConfigException as exc:
+        raise SystemExit(f"kubegraft compare --cluster: kubeconfig: {exc}") from exc
     api = client.CustomObjectsApi(api_client)
     names = {t.name for t in trials}
     created: list[str] = []

@@ -117,7 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def trial_overrides(policy: str, *, steps: int, seed: int) -> list[str]:
     """The ``--set`` overrides of one trial: the policy, the step budget, the seed; one
-    evaluation, at the last step (none at epoch ends inside the budget), no early stopping."""
+    evaluation and one checkpoint, at the last step (none at the epoch ends inside the
+    budget, which a time budget could not foresee), no early stopping, no exported model (a
+    trial's result is its metrics)."""
     freeze = json.dumps(policy_freeze(policy))
     return [
         f"spec.freeze={freeze}",
@@ -125,9 +127,22 @@ def trial_overrides(policy: str, *, steps: int, seed: int) -> list[str]:
         f"spec.training.maxSteps={steps}",
         f"spec.training.seed={seed}",
         f"spec.training.evalEverySteps={steps}",
-        "spec.training.checkpointEverySteps=null",
+        f"spec.training.checkpointEverySteps={steps}",
         "spec.training.earlyStopping=null",
+        "spec.output.saveFinalModel=false",
     ]
+
+
+def cluster_output(doc: dict[str, Any]) -> None:
+    """A cluster trial's output: an emptyDir (``ephemeral``), never the manifest's claim. The
+    trials run side by side and the operator mounts a claim's root at ``output.path``, so
+    trials sharing one claim would overwrite (and resume from) each other's checkpoints; their
+    results are read from status, not from files."""
+    spec = doc.setdefault("spec", {})
+    output = dict(spec.get("output") or {})
+    output.pop("persistentVolumeClaim", None)
+    output["ephemeral"] = True
+    spec["output"] = output
 
 
 def trial_record(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +257,7 @@ def _run_cluster(
             one = json.loads(json.dumps(doc))
             for s in trial_overrides(policy, steps=steps, seed=seed):
                 apply_override(one, s)
+            cluster_output(one)
             name = cc.trial_name(job, policy, seed, cid)
             manifest = cc.trial_manifest(
                 one, name=name, cid=cid, policy=policy, seed=seed, namespace=namespace
@@ -265,9 +281,11 @@ def _run_cluster(
             failed[f"{t.policy} seed {t.seed}"] = f"{t.name}: not finished in {args.timeout:g}s"
             continue
         try:
-            records.setdefault(t.policy, []).append(status_record(finished))
+            record = status_record(finished)
         except ValueError as exc:
             failed[f"{t.policy} seed {t.seed}"] = str(exc)
+            continue
+        records.setdefault(t.policy, []).append(record)
     return records, failed
 
 

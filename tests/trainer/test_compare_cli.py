@@ -68,3 +68,61 @@ def test_compare_quickstart_small_budget(tmp_path: Path) -> None:
     assert fe["step"] == top["step"] == 3  # the same budget
     assert fe["feature_cache"] is True
     assert top["prefix_cache_boundary"] == 4  # top-2 of 6 MiniLM blocks, prefix cached
+
+
+def test_compare_budget_seconds_gives_each_policy_the_same_training_time(tmp_path: Path) -> None:
+    """--budget-seconds: a calibration run per policy turns the seconds into steps per policy;
+    the cheaper policy gets more steps, and every trial's measured training time is about the
+    budget (under 2x: the machine is shared, and the calibration predicts the trial's speed
+    only as well as the load allows)."""
+    from kubegraft.policy_compare import Calibration, steps_for_budget
+
+    out = tmp_path / "cmp"
+    budget = 15.0
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubegraft.cli",
+            "compare",
+            str(REPO / "examples/quickstart.yaml"),
+            "--policies",
+            "feature-extraction,top-k:2",
+            "--budget-seconds",
+            str(budget),
+            "--calibration-steps",
+            "6",
+            "--nproc",
+            "1",
+            "--output",
+            str(out),
+            "--set",
+            "dataset.maxSamples=96",
+            "--set",
+            "dataset.maxEvalSamples=32",
+            "--set",
+            "training.perDeviceBatchSize=16",
+        ],
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=1700,
+        check=False,
+    )
+    logs = "".join(p.read_text(errors="replace")[-3000:] for p in out.glob("*.log"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr + logs
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["budget_seconds"] == budget
+    assert doc["budget_steps"] is None
+    steps = {}
+    for policy in ("feature-extraction", "top-k:2"):
+        cal = Calibration(**doc["calibrations"][policy])
+        assert cal.steps == 6
+        steps[policy] = steps_for_budget(budget, cal)
+        (trial,) = doc["trials"][policy]
+        assert trial["step"] == steps[policy], (policy, cal, trial)
+        assert 0 < trial["train_seconds"] < 2 * budget, (policy, cal, trial)
+        print(policy, cal, trial)
+    # A head on cached features steps far faster than two transformer blocks: more steps.
+    assert steps["feature-extraction"] > steps["top-k:2"] >= 1
+    assert "best per unit of cost:" in proc.stdout

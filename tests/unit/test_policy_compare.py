@@ -78,6 +78,8 @@ def test_trial_overrides_and_record() -> None:
     assert "spec.training.maxSteps=7" in sets
     assert "spec.training.epochs=null" in sets
     assert "spec.training.evalEverySteps=7" in sets  # one evaluation, at the end
+    assert "spec.training.checkpointEverySteps=7" in sets  # none at epoch ends
+    assert "spec.output.saveFinalModel=false" in sets
     rec = trial_record({"eval": {"validation": {"samples": 64}}, "accuracy": 0.5})
     assert rec["eval_examples"] == 64
 
