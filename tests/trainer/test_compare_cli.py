@@ -72,9 +72,11 @@ def test_compare_quickstart_small_budget(tmp_path: Path) -> None:
 
 def test_compare_budget_seconds_gives_each_policy_the_same_training_time(tmp_path: Path) -> None:
     """--budget-seconds: a calibration run per policy turns the seconds into steps per policy;
-    the cheaper policy gets more steps, and every trial's measured training time is about the
-    budget (under 2x: the machine is shared, and the calibration predicts the trial's speed
-    only as well as the load allows)."""
+    the cheaper policy gets far more steps, and the trials' measured training times are
+    comparable (within 2x of each other, where the same step budget would give a ratio of
+    about 8 here) and about the budget (under 3x: the machine is shared, and a calibration
+    predicts a trial's speed only as well as the load allows; on a loaded 2-core machine both
+    trials of a 15 s budget took 23-25 s)."""
     from kubegraft.policy_compare import Calibration, steps_for_budget
 
     out = tmp_path / "cmp"
@@ -121,8 +123,10 @@ def test_compare_budget_seconds_gives_each_policy_the_same_training_time(tmp_pat
         steps[policy] = steps_for_budget(budget, cal)
         (trial,) = doc["trials"][policy]
         assert trial["step"] == steps[policy], (policy, cal, trial)
-        assert 0 < trial["train_seconds"] < 2 * budget, (policy, cal, trial)
+        assert 0 < trial["train_seconds"] < 3 * budget, (policy, cal, trial)
         print(policy, cal, trial)
+    seconds = [doc["trials"][p][0]["train_seconds"] for p in steps]
+    assert max(seconds) < 2 * min(seconds), seconds
     # A head on cached features steps far faster than two transformer blocks: more steps.
-    assert steps["feature-extraction"] > steps["top-k:2"] >= 1
+    assert steps["feature-extraction"] > 5 * steps["top-k:2"] >= 5
     assert "best per unit of cost:" in proc.stdout
