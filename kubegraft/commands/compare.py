@@ -329,6 +329,9 @@ def main(args: argparse.Namespace) -> int:
         except (OverrideError, ValueError) as exc:
             print(f"kubegraft compare: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("kubegraft compare: interrupted", file=sys.stderr)
+            return 130
         except ImportError:
             print(
                 "kubegraft compare --cluster needs the kubernetes client: "
