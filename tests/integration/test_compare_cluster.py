@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from compare_harness import compare_argv
 from operator_harness import (
     Kube,
     OperatorProcess,
@@ -127,12 +127,9 @@ def test_compare_cluster_runs_one_labelled_job_per_trial_and_reads_status(
     )
     manifest.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kubegraft.cli",
-            "compare",
-            str(manifest),
+        compare_argv(
+            manifest,
+            tmp_path / "cmp",
             "--cluster",
             "--kubeconfig",
             str(cluster.kubeconfig),
@@ -142,9 +139,7 @@ def test_compare_cluster_runs_one_labelled_job_per_trial_and_reads_status(
             "feature-extraction,full",
             "--budget-steps",
             "5",
-            "--output",
-            str(tmp_path / "cmp"),
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,47 +8,44 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from compare_harness import compare_argv
 from trainer_helpers import REPO, trainer_env
 
 pytestmark = [pytest.mark.trainer, pytest.mark.timeout(1800)]
 
 
-def test_compare_quickstart_small_budget(tmp_path: Path) -> None:
-    out = tmp_path / "cmp"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kubegraft.cli",
-            "compare",
-            str(REPO / "examples/quickstart.yaml"),
+def compare_quickstart(out: Path, *budget: str) -> subprocess.CompletedProcess[str]:
+    """The quickstart's feature-extraction and top-2 trials on 96 examples, one process."""
+    return subprocess.run(
+        compare_argv(
+            REPO / "examples/quickstart.yaml",
+            out,
             "--policies",
             "feature-extraction,top-k:2",
-            "--budget-steps",
-            "3",
-            "--seeds",
-            "1",
             "--nproc",
             "1",
-            "--output",
-            str(out),
             "--set",
             "dataset.maxSamples=96",
             "--set",
             "dataset.maxEvalSamples=32",
             "--set",
             "training.perDeviceBatchSize=16",
-        ],
+            *budget,
+        ),
         env=trainer_env(),
         capture_output=True,
         text=True,
         timeout=1700,
         check=False,
     )
+
+
+def test_compare_quickstart_small_budget(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    proc = compare_quickstart(out, "--budget-steps", "3", "--seeds", "1")
     logs = "".join(p.read_text(errors="replace")[-3000:] for p in out.glob("*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     assert "feature-extraction" in proc.stdout
@@ -81,36 +78,7 @@ def test_compare_budget_seconds_gives_each_policy_the_same_training_time(tmp_pat
 
     out = tmp_path / "cmp"
     budget = 15.0
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kubegraft.cli",
-            "compare",
-            str(REPO / "examples/quickstart.yaml"),
-            "--policies",
-            "feature-extraction,top-k:2",
-            "--budget-seconds",
-            str(budget),
-            "--calibration-steps",
-            "6",
-            "--nproc",
-            "1",
-            "--output",
-            str(out),
-            "--set",
-            "dataset.maxSamples=96",
-            "--set",
-            "dataset.maxEvalSamples=32",
-            "--set",
-            "training.perDeviceBatchSize=16",
-        ],
-        env=trainer_env(),
-        capture_output=True,
-        text=True,
-        timeout=1700,
-        check=False,
-    )
+    proc = compare_quickstart(out, "--budget-seconds", str(budget), "--calibration-steps", "6")
     logs = "".join(p.read_text(errors="replace")[-3000:] for p in out.glob("*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     doc = json.loads((out / "compare.json").read_text())
