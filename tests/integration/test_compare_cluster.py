@@ -16,6 +16,7 @@ tested locally in tests/trainer/test_compare_cli.py.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,3 +215,60 @@ def test_compare_cluster_runs_one_labelled_job_per_trial_and_reads_status(
     assert "deleted the 2 trial jobs" in err
     # Deleted at the end (the operator removes its finalizer, then they are gone).
     wait_for(lambda: not trials(kube, namespace), WAIT, message="trial jobs deleted")
+
+
+def _start(cluster: Cluster, namespace: str, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job_manifest("cmp", nodes=1, outcome="run")))
+    return subprocess.Popen(
+        compare_argv(
+            manifest,
+            tmp_path / "cmp",
+            "--cluster",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--namespace",
+            namespace,
+            "--policies",
+            "lora",
+            "--budget-steps",
+            "5",
+            *args,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_compare_cluster_ctrl_c_deletes_the_trial_jobs(
+    cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    proc = _start(cluster, namespace, tmp_path)
+    try:
+        wait_for(lambda: trials(kube, namespace), WAIT, message="the trial job")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert "deleted the 1 trial jobs" in err
+    assert "interrupted" in err
+    wait_for(lambda: not trials(kube, namespace), WAIT, message="trial job deleted")
+
+
+def test_compare_cluster_keep_leaves_unfinished_trials_as_rows(
+    cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """The trial never finishes (its pod, if the module's operator makes one, is kwok's and
+    stays Running): at --timeout it is a row, and --keep leaves the job for kubectl."""
+    proc = _start(cluster, namespace, tmp_path, "--keep", "--timeout", "3")
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 1, out + err
+    (job,) = trials(kube, namespace)
+    assert job["metadata"]["labels"]["kubegraft.io/compare-policy"] == "lora"
+    assert "--keep: the trial jobs stay" in err
+    assert "lora seed 0" in out
+    assert "not finished in 3s" in out
