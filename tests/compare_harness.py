@@ -18,3 +18,19 @@ def compare_argv(manifest: Path, output: Path, *args: str) -> list[str]:
         str(output),
         *args,
     ]
+
+
+def compare_cluster_argv(
+    manifest: Path, output: Path, kubeconfig: Path, namespace: str, *args: str
+) -> list[str]:
+    """``kubegraft compare ... --cluster`` against the test's control plane and namespace."""
+    return compare_argv(
+        manifest,
+        output,
+        "--cluster",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--namespace",
+        namespace,
+        *args,
+    )

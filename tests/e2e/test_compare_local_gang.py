@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import test_local_gang
 import yaml
-from compare_harness import compare_argv
+from compare_harness import compare_cluster_argv
 from local_kubelet import LocalKubelet
 from operator_harness import Kube, OperatorProcess, wait_for
 
@@ -47,13 +47,10 @@ def test_compare_cluster_reads_a_real_trials_status(
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen(
-        compare_argv(
+        compare_cluster_argv(
             manifest,
             tmp_path / "cmp",
-            "--cluster",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--namespace",
+            cluster.kubeconfig,
             namespace,
             "--policies",
             "feature-extraction",

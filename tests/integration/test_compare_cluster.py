@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from compare_harness import compare_argv
+from compare_harness import compare_cluster_argv
 from operator_harness import (
     Kube,
     OperatorProcess,
@@ -128,13 +128,10 @@ def test_compare_cluster_runs_one_labelled_job_per_trial_and_reads_status(
     )
     manifest.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen(
-        compare_argv(
+        compare_cluster_argv(
             manifest,
             tmp_path / "cmp",
-            "--cluster",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--namespace",
+            cluster.kubeconfig,
             namespace,
             "--policies",
             "feature-extraction,full",
@@ -221,13 +218,10 @@ def _start(cluster: Cluster, namespace: str, tmp_path: Path, *args: str) -> subp
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(job_manifest("cmp", nodes=1, outcome="run")))
     return subprocess.Popen(
-        compare_argv(
+        compare_cluster_argv(
             manifest,
             tmp_path / "cmp",
-            "--cluster",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--namespace",
+            cluster.kubeconfig,
             namespace,
             "--policies",
             "lora",
