@@ -50,8 +50,11 @@ class Calibration:
 
 
 def calibration(policy: str, metrics: dict[str, Any]) -> Calibration:
-    """The cost model of a calibration run's ``metrics.json``: ``step_seconds`` is the time
-    of its optimizer steps alone, the rest of ``train_seconds`` is paid once per trial."""
+    """The cost model of a calibration run's ``metrics.json``: ``step_seconds`` is the
+    training loop's time to the end of its last step (data loaders and logging windows
+    included, so a policy of tiny steps is not charged for its optimizer steps alone), the
+    rest of ``train_seconds`` (the cache, the evaluation and checkpoint after the last step)
+    is paid once per trial."""
     steps = int(metrics["step"])
     if steps < 1:
         raise ValueError(f"policy {policy}: the calibration run did no step")

@@ -18,9 +18,10 @@ Where the trials run:
 The budget: ``--budget-steps N`` gives every trial N optimizer steps. ``--budget-seconds S``
 gives every trial the same training time, S seconds, by converting it to steps per policy:
 each policy first runs a short local calibration (``--calibration-steps``, default 5), whose
-``metrics.json`` splits its training time into the optimizer steps (``step_seconds``) and
-what a trial pays once (the frozen-feature or prefix cache, the final evaluation and save);
-the trial then gets ``floor((S - fixed) / seconds_per_step)`` steps
+``metrics.json`` splits its training time into the steps (``step_seconds``: the loop to the
+end of its last step, loaders and logging included) and what a trial pays once (the
+frozen-feature or prefix cache, the final evaluation and save); the trial then gets
+``floor((S - fixed) / seconds_per_step)`` steps
 (:func:`kubegraft.policy_compare.steps_for_budget`). Why steps and not a clock inside the
 trainer that stops training at S: a trial stays a reproducible run of the manifest (the same
 steps for the same seed, whatever the machine's load during it), every rank stops at the same
