@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 POLICY_NAMES = ("feature-extraction", "top-k:K", "bitfit", "lora", "full")
@@ -37,6 +38,47 @@ def policy_freeze(policy: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """One policy's cost model from a short calibration run: ``fixed_seconds`` once per trial
+    (the frozen-feature or prefix cache, the final evaluation and save) plus
+    ``seconds_per_step`` per optimizer step."""
+
+    policy: str
+    steps: int
+    fixed_seconds: float
+    seconds_per_step: float
+
+
+def calibration(policy: str, metrics: dict[str, Any]) -> Calibration:
+    """The cost model of a calibration run's ``metrics.json``: ``step_seconds`` is the
+    training loop's time to the end of its last step (data loaders and logging windows
+    included, so a policy of tiny steps is not charged for its optimizer steps alone), the
+    rest of ``train_seconds`` (the cache, the evaluation and checkpoint after the last step)
+    is paid once per trial."""
+    steps = int(metrics["step"])
+    if steps < 1:
+        raise ValueError(f"policy {policy}: the calibration run did no step")
+    step_seconds = float(metrics["step_seconds"])
+    return Calibration(
+        policy=policy,
+        steps=steps,
+        fixed_seconds=max(float(metrics["train_seconds"]) - step_seconds, 0.0),
+        seconds_per_step=step_seconds / steps,
+    )
+
+
+def steps_for_budget(budget_seconds: float, cal: Calibration) -> int:
+    """The optimizer steps a trial of ``cal``'s policy can do in ``budget_seconds`` of
+    training: what is left after its fixed cost, divided by its step time; at least one (a
+    policy whose fixed cost alone exceeds the budget still gets one step, and the table shows
+    its real cost)."""
+    if budget_seconds <= 0:
+        raise ValueError("the time budget must be > 0 seconds")
+    left = budget_seconds - cal.fixed_seconds
+    return max(1, math.floor(left / max(cal.seconds_per_step, 1e-9)))
+
+
+@dataclass(frozen=True)
 class PolicySummary:
     """One policy's trials: means, standard errors and the cost of one trial."""
 
@@ -49,6 +91,9 @@ class PolicySummary:
     cost_core_seconds: float
     """Mean training CPU-core seconds of a trial (seconds x processes x threads)."""
     trainable_share: float
+    noise_known: bool = True
+    """Whether ``accuracy_se`` estimates anything: several seeds, or a known validation size
+    for the binomial error. Without either, no lead can be called beyond noise."""
 
 
 def _se(values: list[float], *, binomial_n: int | None) -> float:
@@ -86,12 +131,76 @@ def summarise(policy: str, trials: list[dict[str, Any]]) -> PolicySummary:
         f1_se=_se(f1, binomial_n=n_eval),
         cost_core_seconds=cost,
         trainable_share=share,
+        noise_known=len(trials) > 1 or n_eval is not None,
     )
 
 
+def _rfc3339(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def status_record(job: dict[str, Any]) -> dict[str, Any]:
+    """A cluster trial's record, read from its finished FineTuneJob (as the API returns it):
+    accuracy and macro-F1 from ``status.metrics``, the parameter counts from
+    ``status.parameters``, and as training seconds the job's running time
+    (``completionTime - startTime - suspendedSeconds``: the pods' loading time included, so
+    cluster costs are a little higher than local ones, alike for every policy) on
+    ``nodes x procsPerNode`` processes of ``threadsPerProcess`` threads (1 when unset: the
+    cost is then in process-seconds). Raises ValueError with the reason for a trial that
+    did not succeed or reported no metrics."""
+    name = (job.get("metadata") or {}).get("name", "?")
+    status: dict[str, Any] = job.get("status") or {}
+    if status.get("state") != "Succeeded":
+        why = status.get("reason") or status.get("state") or "unknown"
+        message = status.get("message")
+        raise ValueError(f"{name}: {why}" + (f": {message}" if message else ""))
+    metrics: dict[str, Any] = status.get("metrics") or {}
+    params: dict[str, Any] = status.get("parameters") or {}
+    if metrics.get("accuracy") is None or metrics.get("f1") is None or not params.get("total"):
+        raise ValueError(f"{name}: succeeded but reported no accuracy, F1 or parameter counts")
+    if not status.get("startTime") or not status.get("completionTime"):
+        raise ValueError(f"{name}: no startTime/completionTime in its status")
+    seconds = (
+        _rfc3339(status["completionTime"]) - _rfc3339(status["startTime"])
+    ).total_seconds() - float(status.get("suspendedSeconds") or 0)
+    dist: dict[str, Any] = (job.get("spec") or {}).get("distributed") or {}
+    return {
+        "accuracy": float(metrics["accuracy"]),
+        "f1": float(metrics["f1"]),
+        "train_seconds": max(seconds, 0.0),
+        "processes": int(dist.get("nodes") or 1) * int(dist.get("procsPerNode") or 1),
+        "threads_per_process": int(dist.get("threadsPerProcess") or 1),
+        "trainable_parameters": int(params.get("trainable") or 0),
+        "total_parameters": int(params["total"]),
+        "eval_examples": None,
+        "step": int((status.get("progress") or {}).get("step") or 0),
+    }
+
+
 def beyond_noise(a: PolicySummary, b: PolicySummary) -> bool:
-    """Whether ``a``'s accuracy lead over ``b`` exceeds twice their combined standard error."""
+    """Whether ``a``'s accuracy lead over ``b`` exceeds twice their combined standard error
+    (never when either has no noise estimate at all)."""
+    if not (a.noise_known and b.noise_known):
+        return False
     return a.accuracy - b.accuracy > 2 * math.hypot(a.accuracy_se, b.accuracy_se)
+
+
+def pareto_front(summaries: list[PolicySummary]) -> list[str]:
+    """The policies no other policy beats on both accuracy and cost (cheaper or as cheap and
+    more accurate, or as accurate and cheaper), cheapest first: the honest shortlist when
+    the budget matters as much as the last point of accuracy."""
+    front = [
+        s
+        for s in summaries
+        if not any(
+            o is not s
+            and o.cost_core_seconds <= s.cost_core_seconds
+            and o.accuracy >= s.accuracy
+            and (o.cost_core_seconds < s.cost_core_seconds or o.accuracy > s.accuracy)
+            for o in summaries
+        )
+    ]
+    return [s.policy for s in sorted(front, key=lambda s: s.cost_core_seconds)]
 
 
 @dataclass(frozen=True)
@@ -103,6 +212,8 @@ class Verdict:
     best_per_cost: str
     """The cheapest policy whose accuracy is within noise of the best's (the best itself when
     its lead over every cheaper one is beyond noise)."""
+    pareto: list[str]
+    """:func:`pareto_front`, cheapest first."""
     text: str
 
 
@@ -119,10 +230,18 @@ def verdict(summaries: list[PolicySummary]) -> Verdict:
     lead = best.accuracy - runner.accuracy if runner else 0.0
     lines = [f"most accurate: {best.policy} ({best.accuracy:.3f} +- {best.accuracy_se:.3f})"]
     if runner is not None:
-        lines.append(
-            f"its lead over {runner.policy} is {lead:+.3f}: "
-            + ("beyond noise" if clear else "within noise (more seeds or data would tell)")
-        )
+        if not (best.noise_known and runner.noise_known):
+            judged = "cannot tell (one seed and no validation size: no noise estimate)"
+        elif clear:
+            judged = "beyond noise"
+        else:
+            judged = "within noise (more seeds or data would tell)"
+        lines.append(f"its lead over {runner.policy} is {lead:+.3f}: {judged}")
+        if min(best.trials, runner.trials) < 2 and best.noise_known and runner.noise_known:
+            lines.append(
+                "  (one seed: only the validation set's sampling error is counted, not the "
+                "seed-to-seed spread; --seeds 2 or more tells)"
+            )
     if cheapest is not best:
         ratio = best.cost_core_seconds / max(cheapest.cost_core_seconds, 1e-9)
         lines.append(
@@ -131,18 +250,22 @@ def verdict(summaries: list[PolicySummary]) -> Verdict:
         )
     else:
         lines.append(f"best per unit of cost: {best.policy}")
+    front = pareto_front(summaries)
+    lines.append(f"accuracy/cost Pareto front (cheapest first): {', '.join(front)}")
     return Verdict(
         best=best.policy,
         runner_up=runner.policy if runner else None,
         lead=lead,
         lead_beyond_noise=clear,
         best_per_cost=cheapest.policy,
+        pareto=front,
         text="\n".join(lines),
     )
 
 
-def table(summaries: list[PolicySummary]) -> str:
-    """The comparison as a plain-text table."""
+def table(summaries: list[PolicySummary], failed: dict[str, str] | None = None) -> str:
+    """The comparison as a plain-text table; ``failed``: policy -> why none of its trials
+    finished, shown as a row of its own."""
     head = (
         f"{'policy':<20} {'trials':>6} {'accuracy':>16} {'macro-F1':>16} "
         f"{'cost core-s':>12} {'trainable':>10}"
@@ -154,4 +277,6 @@ def table(summaries: list[PolicySummary]) -> str:
             f" {s.f1:>9.3f} +-{s.f1_se:.3f} {s.cost_core_seconds:>12.1f}"
             f" {s.trainable_share:>9.1%}"
         )
+    for policy, why in (failed or {}).items():
+        rows.append(f"{policy:<20} {'failed':>6}  {why}")
     return "\n".join(rows)

@@ -976,6 +976,9 @@ class Trainer:
         window_samples, window_tokens = 0, 0
         self.train_started = train_started = time.perf_counter()
         self.steps_this_run = 0
+        # The loop's time to the end of its latest step (loaders and logging windows included,
+        # the evaluation and checkpoint after that step not): kubegraft compare's calibration.
+        self.step_seconds = 0.0
 
         def log_window() -> None:
             """Collective: every rank at the same steps (logging boundaries, the end)."""
@@ -1042,6 +1045,7 @@ class Trainer:
                     log_window()
 
                 self._poll_stop("training")
+                self.step_seconds = time.perf_counter() - train_started
 
                 do_eval = (
                     t.eval_every_steps is not None and self.state.step % t.eval_every_steps == 0
@@ -1196,6 +1200,8 @@ class Trainer:
                 "metric_for_best": self._metric_for_best(main or None),
                 "wall_seconds": round(time.time() - started, 2),
                 "train_seconds": round(self.train_seconds, 2),
+                "cache_seconds": round(self.cache_seconds, 2),
+                "step_seconds": round(self.step_seconds, 4),
                 "samples_per_second": round(self.samples_per_second, 2),
                 "model_dir": str(self.output / MODEL_DIR)
                 if self.spec.output.save_final_model
