@@ -48,7 +48,11 @@ class CnnArchitecture:
     classifier_prefixes: tuple[str, ...]
     """Checkpoint keys of the pretrained classifier, dropped when loading."""
     lora_target_regex: str
-    """Default LoRA targets (a peft full-match regex on module names inside the backbone)."""
+    """Default LoRA, DoRA and (IA)^3 targets (a peft full-match regex on module names inside
+    the backbone): the pointwise/1x1 and regular convs, never depthwise ones."""
+    ia3_feedforward_regex: str | None = None
+    """Of those, the ones whose input (IA)^3 scales (the block's last, projecting conv, as a
+    transformer's feed-forward down-projection); the others get their output scaled."""
     map_keys: Callable[[StateDict, nn.Module], StateDict] | None = None
     """Renames foreign checkpoint keys onto this definition's names, when they differ."""
 
@@ -236,6 +240,7 @@ ARCHITECTURES: Mapping[str, CnnArchitecture] = {
         layout=_efficientnet_layout,
         classifier_prefixes=("_fc.", "classifier."),
         lora_target_regex=r"blocks\.\d+\.\d+\.(conv_pw|conv_pwl)",
+        ia3_feedforward_regex=r"blocks\.\d+\.\d+\.conv_pwl",
         map_keys=_map_efficientnet_pytorch_keys,
     ),
     "resnet18": CnnArchitecture(
@@ -248,6 +253,7 @@ ARCHITECTURES: Mapping[str, CnnArchitecture] = {
         layout=_resnet_layout,
         classifier_prefixes=("fc.",),
         lora_target_regex=r"layer\d\.\d+\.conv[12]",
+        ia3_feedforward_regex=r"layer\d\.\d+\.conv2",
     ),
     "resnet50": CnnArchitecture(
         name="resnet50",
@@ -259,6 +265,7 @@ ARCHITECTURES: Mapping[str, CnnArchitecture] = {
         layout=_resnet_layout,
         classifier_prefixes=("fc.",),
         lora_target_regex=r"layer\d\.\d+\.conv[123]",
+        ia3_feedforward_regex=r"layer\d\.\d+\.conv3",
     ),
     "vgg16": CnnArchitecture(
         name="vgg16",
