@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from kubegraft.api.v1alpha1 import FineTuneJobSpec
+from kubegraft.api.v1alpha1 import FineTuneJobSpec, LoraSpec
 from kubegraft_trainer.errors import ConfigError
 from kubegraft_trainer.freeze import FreezePolicy
 from kubegraft_trainer.lora import merge_lora
@@ -166,6 +166,42 @@ def test_efficientnet_lora_on_pointwise_convs(effnet: ModelBundle, dora: bool) -
     train_two_steps(model, policy, image_batch())
     assert_only_trainable_changed(model, before, want)
     assert_merge_keeps_outputs(model, image_batch(), ".lora_")
+
+
+@pytest.mark.parametrize(
+    ("arch", "want_convs"),
+    [
+        # torchvision's VGG16 `features`: conv layers only (not the ReLUs and max-pools).
+        ("vgg16", {f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)}),
+        # ResNet-18's basic blocks: conv1 and conv2 of each; not the stem or the downsamples.
+        ("resnet18",
+         {f"layer{s}.{b}.conv{c}" for s in (1, 2, 3, 4) for b in (0, 1) for c in (1, 2)}),
+    ],
+)  # fmt: skip
+def test_cnn_default_targets_are_convs(arch: str, want_convs: set[str]) -> None:
+    """Every registered CNN's default targets take LoRA, DoRA and (IA)^3 (randomly
+    initialised backbones: only the module structure matters here)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from kubegraft_trainer.architectures import ARCHITECTURES
+    from kubegraft_trainer.lora import add_ia3_adapters, add_lora_adapters
+
+    a = ARCHITECTURES[arch]
+    for use_dora in (False, True):
+        lora = add_lora_adapters(
+            a.build(),
+            LoraSpec(r=2, use_dora=use_dora),
+            default_targets=a.lora_target_regex,
+        )
+        wrapped = {n for n, m in lora.named_modules() if isinstance(m, BaseTunerLayer)}
+        assert wrapped == want_convs
+    ia3 = add_ia3_adapters(
+        a.build(),
+        None,
+        default_targets=a.lora_target_regex,
+        default_feedforward=a.ia3_feedforward_regex,
+    )
+    assert {n for n, m in ia3.named_modules() if isinstance(m, BaseTunerLayer)} == want_convs
 
 
 # -------------------------------------------------------------------------------- (IA)^3

@@ -188,6 +188,19 @@ class VGGFeatures(nn.Module):
         return torch.flatten(self.pool(self.features(x)), 1)
 
 
+def _vgg_conv_regex() -> str:
+    """The conv layers of ``features`` (not its ReLUs and max-pools, which PEFT cannot adapt),
+    as a peft full-match regex: ``features\\.(0|2|5|...)``."""
+    index, convs = 0, []
+    for v in _VGG16_CFG:
+        if v == "M":
+            index += 1
+        else:
+            convs.append(str(index))
+            index += 2  # conv, ReLU
+    return rf"features\.({'|'.join(convs)})"
+
+
 def _vgg_layout(backbone: nn.Module) -> BlockLayout:
     # Each conv layer is a block (the unit Keras-style VGG recipes freeze by).
     convs = [f"features.{i}" for i, m in enumerate(backbone.features) if isinstance(m, nn.Conv2d)]  # type: ignore[arg-type]
@@ -277,7 +290,7 @@ ARCHITECTURES: Mapping[str, CnnArchitecture] = {
         layout=_vgg_layout,
         # torchvision's classifier.*, timm's pre_logits.* (fc6/fc7 as convs) and head.*
         classifier_prefixes=("classifier.", "pre_logits.", "head."),
-        lora_target_regex=r"features\.\d+",
+        lora_target_regex=_vgg_conv_regex(),
     ),
     "simple_cnn": CnnArchitecture(
         name="simple_cnn",
