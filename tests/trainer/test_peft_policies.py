@@ -97,8 +97,16 @@ def adapted(bundle: ModelBundle, model: dict[str, Any], freeze: dict[str, Any]) 
     return policy
 
 
-def image_batch() -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.randn(4, 3, 32, 32)}
+def image_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Four 64-px images as the data pipeline makes them (uniform pixels, ImageNet-normalised),
+    the same whatever ran before. Not 32 px: there Lite0's last feature map is 1x1 and its
+    pooled features are almost all zero after the final ReLU6 (some batches entirely, so the
+    backbone gets no gradient at all)."""
+    from kubegraft_trainer.architectures import IMAGENET_MEAN, IMAGENET_STD
+
+    pixels = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    return {"pixel_values": (pixels - mean[:, None, None]) / std[:, None, None]}
 
 
 def text_batch(bundle: ModelBundle) -> dict[str, torch.Tensor]:

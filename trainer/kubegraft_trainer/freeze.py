@@ -185,9 +185,11 @@ class FreezePolicy:
         if self.spec.preset in (FreezePreset.LORA, FreezePreset.IA3) and not any(
             is_lora_param(n) for n, _ in model.named_parameters()
         ):
+            kind = "LoRA" if self.spec.preset == FreezePreset.LORA else "(IA)^3"
             raise ValueError(
-                f"preset {self.spec.preset.value} but the model has no adapters: load it with "
-                "pretrained.load_model (or call pretrained.inject_lora) before applying the policy"
+                f"preset {self.spec.preset.value} but the model has no {kind} adapters: load it "
+                "with pretrained.load_model (or call pretrained.inject_lora) before applying the "
+                "policy"
             )
         trainable = self.trainable_names(model, stage=stage)
         for name, param in model.named_parameters():
