@@ -467,7 +467,7 @@ class Ia3Spec(ApiModel):
 
 
 class DiscriminativeLr(ApiModel):
-    """Discriminative learning rates per block group (fastai's ``slice(low, high)``): the
+    """Discriminative learning rates per block group (fastai's `slice(low, high)`): the
     blocks are split into `groups` contiguous groups, bottom to top, whose learning rates are
     spread geometrically from learningRate * lowestFactor (the bottom group, with the
     embeddings/stem) up to learningRate (the head)."""

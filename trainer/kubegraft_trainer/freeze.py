@@ -311,8 +311,8 @@ def has_block_rates(spec: FreezeSpec) -> bool:
 
 
 def lr_scale(spec: FreezeSpec, layout: BlockLayout, param_name: str) -> float:
-    """The factor by which ``param_name``'s learning rate is ``training.learningRate`` times
-    (the module docstring states the rule): the single place per-block rates are decided."""
+    """``param_name``'s learning rate as a multiple of ``training.learningRate`` (the module
+    docstring states the rule): the one place where per-block rates are decided."""
     if not has_block_rates(spec):
         return 1.0
     plain = _strip_wrappers(param_name)

@@ -45,7 +45,8 @@ def default_text_ia3_targets(model_type: str | None) -> tuple[list[str], list[st
 
 
 def has_lora(module: nn.Module) -> bool:
-    """Whether LoRA adapters were injected into ``module`` or any of its submodules."""
+    """Whether adapters (LoRA, DoRA or (IA)^3) were injected into ``module`` or any of its
+    submodules."""
     return any(hasattr(m, LORA_MARKER) for m in module.modules())
 
 
