@@ -13,8 +13,10 @@ so the numbers describe what users get:
   package, architecture ``efficientnet_lite0``) on scikit-learn's 8x8 digits, upscaled and
   written to an image folder (one sub-folder per digit).
 
-Policies: full, feature-extraction, top-k 2, bitfit, lora, gradual unfreezing (head only, then
-the top 2 blocks, then everything, one stage per epoch) and layer-wise LR decay (full, 0.8).
+Policies: full, feature-extraction, top-k 2, bitfit, lora, dora (LoRA with useDora), ia3,
+gradual unfreezing (head only, then the top 2 blocks, then everything, one stage per epoch),
+layer-wise LR decay (full, 0.8) and discriminative LRs (full, 3 block groups, fastai's
+slice(lr/10, lr)).
 Every policy of a model sees the same data, epochs, batch size and seed; each has its own
 learning rate (a common choice for that policy, listed in the output; none were tuned here).
 Each run is a fresh process (peak RSS is that run's own); validation metrics are the final
@@ -56,7 +58,18 @@ from bench.common import (
 )
 
 MODELS = ("minilm", "effnet")
-POLICIES = ("full", "feature-extraction", "top-k-2", "bitfit", "lora", "gradual-unfreezing", "llrd")
+POLICIES = (
+    "full",
+    "feature-extraction",
+    "top-k-2",
+    "bitfit",
+    "lora",
+    "dora",
+    "ia3",
+    "gradual-unfreezing",
+    "llrd",
+    "discriminative-lr",
+)
 KAOMOJI_CLASSES = [
     "greeting",
     "fight",
@@ -78,11 +91,14 @@ FREEZE: dict[str, dict[str, Any]] = {
     "top-k-2": {"preset": "top-k", "topK": 2},
     "bitfit": {"preset": "bitfit"},
     "lora": {"preset": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}},
+    "dora": {"preset": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "useDora": True}},
+    "ia3": {"preset": "ia3"},
     "gradual-unfreezing": {
         "preset": "feature-extraction",
         "gradualUnfreezing": {"unit": "epoch", "stages": [{"at": 1, "topK": 2}, {"at": 2}]},
     },
     "llrd": {"preset": "full", "layerwiseLrDecay": 0.8},
+    "discriminative-lr": {"preset": "full", "discriminativeLr": {"groups": 3, "lowestFactor": 0.1}},
 }
 LEARNING_RATES: dict[str, dict[str, float]] = {
     "minilm": {
@@ -91,8 +107,11 @@ LEARNING_RATES: dict[str, dict[str, float]] = {
         "top-k-2": 2e-4,
         "bitfit": 1e-3,
         "lora": 1e-3,
+        "dora": 1e-3,
+        "ia3": 5e-3,
         "gradual-unfreezing": 5e-4,
         "llrd": 2e-4,
+        "discriminative-lr": 2e-4,
     },
     "effnet": {
         "full": 5e-4,
@@ -100,8 +119,11 @@ LEARNING_RATES: dict[str, dict[str, float]] = {
         "top-k-2": 1e-3,
         "bitfit": 5e-3,
         "lora": 2e-3,
+        "dora": 2e-3,
+        "ia3": 1e-2,
         "gradual-unfreezing": 2e-3,
         "llrd": 1e-3,
+        "discriminative-lr": 1e-3,
     },
 }
 TITLES = {
@@ -346,6 +368,39 @@ CHOOSING = [
 ]
 
 
+PEFT_OPTIONS = [
+    "## Conv LoRA, DoRA, (IA)^3 and discriminative learning rates",
+    "",
+    "- **LoRA on convolutional backbones** (`preset: lora` with a CNN architecture): PEFT wraps",
+    "  each targeted `Conv2d` with a low-rank pair of convs. When `lora.targetModules` is",
+    "  omitted the architecture picks them: EfficientNet-Lite0's pointwise convs (`conv_pw`,",
+    "  `conv_pwl`; never the depthwise `conv_dw`, the stem or `conv_head`), a ResNet's block",
+    "  convs, VGG16's convs. The head trains; batch-norm layers stay frozen (eval mode). About",
+    "  5% of EfficientNet-Lite0 trains at r 8. Export merges the adapters into the convs.",
+    "- **DoRA** (`lora.useDora: true`): LoRA plus a trainable magnitude per output channel of",
+    "  each target (PEFT's `use_dora`, linear and Conv2d). Often closer to full fine-tuning",
+    "  at a small rank; a step costs more than LoRA's (it takes the norm of every adapted",
+    "  weight). Export merges it like LoRA.",
+    "- **(IA)^3** (`preset: ia3`, options under `freeze.ia3`): one learned scale per channel of",
+    "  each target's output (or, for `feedforwardModules`, its input): a quarter (MiniLM) to",
+    "  a sixth (EfficientNet) of LoRA r 8's trainable share, with a higher learning rate (1e-3",
+    "  to 1e-2). Defaults: PEFT's per model type for text (BERT: key, value and the output",
+    "  denses, those as feed-forward), the LoRA targets for CNNs (EfficientNet's `conv_pwl` as",
+    "  feed-forward). For when the backbone must stay almost untouched and memory is tight.",
+    "- **Discriminative learning rates** (`discriminativeLr: {groups, lowestFactor}`, fastai's",
+    "  `slice(low, high)`): the blocks are split into `groups` contiguous groups bottom to top;",
+    "  their rates are evenly spaced in log scale from `learningRate * lowestFactor` (bottom",
+    "  group, with the embeddings/stem) up to `learningRate` (the head). It sets rates only",
+    "  (the preset still says what trains); with `top-k` or gradual unfreezing the trainable",
+    "  blocks keep their group's rate. Coarser than `layerwiseLrDecay` (one rate per block),",
+    "  with which it is mutually exclusive (the API server refuses both).",
+    "",
+    "Targets that match no module fail the job at start with a configuration error naming",
+    "`spec.freeze.lora.targetModules` or `spec.freeze.ia3.targetModules`.",
+    "",
+]
+
+
 def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, total: float) -> str:
     parts = [
         "# Choosing a freezing policy: measured",
@@ -369,9 +424,11 @@ def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, t
         "(a usual value for the policy, not tuned here). Policies: `full` everything trains;",
         "`feature-extraction` only the new head (backbone features computed once and reused,",
         "`training.cacheFrozenFeatures`); `top-k-2` the top 2 blocks and the head; `bitfit` biases",
-        "and the head; `lora` LoRA adapters (r 8) and the head; `gradual-unfreezing` head only in",
-        "epoch 1, top 2 blocks in epoch 2, everything in epoch 3; `llrd` full with layer-wise LR",
-        "decay 0.8.",
+        "and the head; `lora` LoRA adapters (r 8) and the head; `dora` the same with DoRA",
+        "(`lora.useDora`); `ia3` (IA)^3 scaling vectors and the head; `gradual-unfreezing` head",
+        "only in epoch 1, top 2 blocks in epoch 2, everything in epoch 3; `llrd` full with",
+        "layer-wise LR decay 0.8; `discriminative-lr` full with 3 block groups from lr/10 up",
+        "(`discriminativeLr`).",
         "",
     ]
     for title, setting, body in sections:
@@ -384,6 +441,7 @@ def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, t
         "of a point or two are within run-to-run noise at these sizes.",
         "",
         *CHOOSING,
+        *PEFT_OPTIONS,
     ]
     return "\n".join(parts)
 

@@ -392,6 +392,7 @@ class FreezePreset(StrEnum):
     TOP_K = "top-k"
     BITFIT = "bitfit"
     LORA = "lora"
+    IA3 = "ia3"
 
 
 class ScheduleUnit(StrEnum):
@@ -446,6 +447,37 @@ class LoraSpec(ApiModel):
     """Module names (suffixes) that get adapters, e.g. [query, value]; defaults per architecture."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases train alongside the adapters."""
+    use_dora: bool = False
+    """DoRA (weight-decomposed LoRA, PEFT's use_dora): a trainable magnitude per output channel
+    next to the low-rank direction update. Often closer to full fine-tuning at small ranks;
+    each step costs more than plain LoRA. Works on linear and Conv2d targets."""
+
+
+class Ia3Spec(ApiModel):
+    """(IA)^3 (PEFT IA3): learned per-channel scaling vectors on the chosen modules; the base
+    weights stay frozen. Far fewer trainable parameters than LoRA."""
+
+    target_modules: list[ShortStr] | None = Field(default=None, max_length=64)
+    """Module names (suffixes) whose activations get a learned scale, e.g. [key, value,
+    output.dense]; defaults per architecture."""
+    feedforward_modules: list[ShortStr] | None = Field(default=None, max_length=64)
+    """The targets whose *input* is scaled (feed-forward down-projections) rather than their
+    output; a subset of targetModules. Defaults per architecture (with targetModules omitted)
+    or none."""
+
+
+class DiscriminativeLr(ApiModel):
+    """Discriminative learning rates per block group (fastai's `slice(low, high)`): the
+    blocks are split into `groups` contiguous groups, bottom to top, whose learning rates are
+    spread geometrically from learningRate * lowestFactor (the bottom group, with the
+    embeddings/stem) up to learningRate (the head)."""
+
+    groups: int = Field(default=3, ge=1, le=1024)
+    """Number of block groups (fastai's body groups; the head is one more, at learningRate).
+    With more groups than blocks some groups are empty."""
+    lowest_factor: float = Field(gt=0.0, lt=1.0)
+    """The bottom group's learning rate as a fraction of learningRate (fastai's low / high),
+    e.g. 0.01 for slice(1e-5, 1e-3)."""
 
 
 class FreezeSpec(ApiModel):
@@ -464,6 +496,19 @@ class FreezeSpec(ApiModel):
             "lora options are only allowed with preset lora",
             ".lora",
             lambda f: f.lora is None or f.preset == FreezePreset.LORA,
+        ),
+        Rule(
+            "!has(self.ia3) || self.preset == 'ia3'",
+            "ia3 options are only allowed with preset ia3",
+            ".ia3",
+            lambda f: f.ia3 is None or f.preset == FreezePreset.IA3,
+        ),
+        Rule(
+            "!has(self.layerwiseLrDecay) || !has(self.discriminativeLr)",
+            "set at most one of layerwiseLrDecay and discriminativeLr (both set per-block "
+            "learning rates)",
+            ".discriminativeLr",
+            lambda f: f.layerwise_lr_decay is None or f.discriminative_lr is None,
         ),
         Rule(
             "!has(self.gradualUnfreezing) || self.preset in ['feature-extraction', 'top-k']",
@@ -492,7 +537,8 @@ class FreezeSpec(ApiModel):
     preset: FreezePreset = FreezePreset.FULL
     """full: everything trains. feature-extraction: only the new head trains. top-k: the top
     topK blocks and the head train. bitfit: only biases (and the head) train. lora: low-rank
-    adapters (and the head) train, the base weights stay frozen."""
+    adapters (and the head) train, the base weights stay frozen. ia3: learned per-channel
+    scaling vectors (and the head) train, the base weights stay frozen."""
     top_k: int | None = Field(default=None, ge=1, le=10000)
     """Number of top blocks that train, with preset top-k."""
     freeze_patterns: list[PatternStr] = Field(default_factory=list, max_length=256)
@@ -510,8 +556,13 @@ class FreezeSpec(ApiModel):
     layerwise_lr_decay: float | None = Field(default=None, gt=0.0, le=1.0)
     """Layer-wise learning-rate decay: block i from the top gets lr * decay^i (the head gets
     lr). 1.0 or omitted means one learning rate."""
+    discriminative_lr: DiscriminativeLr | None = None
+    """Discriminative learning rates per block group (fastai's slice), instead of
+    layerwiseLrDecay: one rate per group of blocks rather than per block."""
     lora: LoraSpec | None = None
     """LoRA options, with preset lora."""
+    ia3: Ia3Spec | None = None
+    """(IA)^3 options, with preset ia3."""
 
 
 # ------------------------------------------------------------------------------------ training
@@ -580,7 +631,7 @@ class TrainingSpec(ApiModel):
     on perDeviceBatchSize x this x processes examples. An epoch shorter than this many
     micro-batches per process is one smaller step (DDP only)."""
     learning_rate: float = Field(default=5e-5, gt=0.0, le=10.0)
-    """Peak learning rate (of the head, with layer-wise decay)."""
+    """Peak learning rate (of the head, with layerwiseLrDecay or discriminativeLr)."""
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
     """AdamW weight decay (not applied to biases and norms)."""
     scheduler: SchedulerKind = SchedulerKind.LINEAR

@@ -103,8 +103,11 @@ def test_transfer_policies_quick(tmp_path: Path) -> None:
         "top-k-2",
         "bitfit",
         "lora",
+        "dora",
+        "ia3",
         "gradual-unfreezing",
         "llrd",
+        "discriminative-lr",
     ]
     for model in ("minilm", "effnet"):
         rows = {r["policy"]: r for r in doc["results"][model]}
@@ -119,6 +122,10 @@ def test_transfer_policies_quick(tmp_path: Path) -> None:
             assert 0.0 < r["trainable_share_start"] <= r["trainable_share_end"] <= 1.0, r
         assert rows["full"]["trainable_share_end"] == 1.0
         assert rows["llrd"]["trainable_share_end"] == 1.0
+        assert rows["discriminative-lr"]["trainable_share_end"] == 1.0
+        # DoRA adds a magnitude per output channel to LoRA; (IA)^3 trains a scale per channel.
+        assert rows["lora"]["trainable_share_end"] < rows["dora"]["trainable_share_end"] < 0.1
+        assert rows["ia3"]["trainable_share_end"] < rows["lora"]["trainable_share_end"]
         fe = rows["feature-extraction"]
         assert fe["trainable_share_end"] < 0.05
         assert fe["feature_cache"] is True

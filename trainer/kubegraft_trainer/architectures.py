@@ -48,7 +48,11 @@ class CnnArchitecture:
     classifier_prefixes: tuple[str, ...]
     """Checkpoint keys of the pretrained classifier, dropped when loading."""
     lora_target_regex: str
-    """Default LoRA targets (a peft full-match regex on module names inside the backbone)."""
+    """Default LoRA, DoRA and (IA)^3 targets (a peft full-match regex on module names inside
+    the backbone): the pointwise/1x1 and regular convs, never depthwise ones."""
+    ia3_feedforward_regex: str | None = None
+    """Of those, the ones whose input (IA)^3 scales (the block's last, projecting conv, as a
+    transformer's feed-forward down-projection); the others get their output scaled."""
     map_keys: Callable[[StateDict, nn.Module], StateDict] | None = None
     """Renames foreign checkpoint keys onto this definition's names, when they differ."""
 
@@ -184,6 +188,19 @@ class VGGFeatures(nn.Module):
         return torch.flatten(self.pool(self.features(x)), 1)
 
 
+def _vgg_conv_regex() -> str:
+    """The conv layers of ``features`` (not its ReLUs and max-pools, which PEFT cannot adapt),
+    as a peft full-match regex: ``features\\.(0|2|5|...)``."""
+    index, convs = 0, []
+    for v in _VGG16_CFG:
+        if v == "M":
+            index += 1
+        else:
+            convs.append(str(index))
+            index += 2  # conv, ReLU
+    return rf"features\.({'|'.join(convs)})"
+
+
 def _vgg_layout(backbone: nn.Module) -> BlockLayout:
     # Each conv layer is a block (the unit Keras-style VGG recipes freeze by).
     convs = [f"features.{i}" for i, m in enumerate(backbone.features) if isinstance(m, nn.Conv2d)]  # type: ignore[arg-type]
@@ -236,6 +253,7 @@ ARCHITECTURES: Mapping[str, CnnArchitecture] = {
         layout=_efficientnet_layout,
         classifier_prefixes=("_fc.", "classifier."),
         lora_target_regex=r"blocks\.\d+\.\d+\.(conv_pw|conv_pwl)",
+        ia3_feedforward_regex=r"blocks\.\d+\.\d+\.conv_pwl",
         map_keys=_map_efficientnet_pytorch_keys,
     ),
     "resnet18": CnnArchitecture(
@@ -248,6 +266,7 @@ ARCHITECTURES: Mapping[str, CnnArchitecture] = {
         layout=_resnet_layout,
         classifier_prefixes=("fc.",),
         lora_target_regex=r"layer\d\.\d+\.conv[12]",
+        ia3_feedforward_regex=r"layer\d\.\d+\.conv2",
     ),
     "resnet50": CnnArchitecture(
         name="resnet50",
@@ -259,6 +278,7 @@ ARCHITECTURES: Mapping[str, CnnArchitecture] = {
         layout=_resnet_layout,
         classifier_prefixes=("fc.",),
         lora_target_regex=r"layer\d\.\d+\.conv[123]",
+        ia3_feedforward_regex=r"layer\d\.\d+\.conv3",
     ),
     "vgg16": CnnArchitecture(
         name="vgg16",
@@ -270,7 +290,7 @@ ARCHITECTURES: Mapping[str, CnnArchitecture] = {
         layout=_vgg_layout,
         # torchvision's classifier.*, timm's pre_logits.* (fc6/fc7 as convs) and head.*
         classifier_prefixes=("classifier.", "pre_logits.", "head."),
-        lora_target_regex=r"features\.\d+",
+        lora_target_regex=_vgg_conv_regex(),
     ),
     "simple_cnn": CnnArchitecture(
         name="simple_cnn",

@@ -9,7 +9,8 @@ statistics do not move. The rules, in order (later ones win):
 1. the preset (or, from the first gradual-unfreezing stage on, that stage's ``topK``):
    ``full`` everything; ``feature-extraction`` the head; ``top-k`` the top K blocks (with the
    backbone parts above them) and the head; ``bitfit`` every bias and the head; ``lora`` the
-   adapters (plus biases per ``lora.bias``) and the head;
+   adapters (A/B, plus DoRA's magnitudes with ``useDora``, plus biases per ``lora.bias``) and
+   the head; ``ia3`` the (IA)^3 scaling vectors and the head;
 2. ``freezeEmbeddings``: true freezes the embeddings/stem, false trains them, omitted follows
    the preset (a stage with ``topK`` omitted unfreezes everything, embeddings included);
 3. ``freezePatterns`` freeze matching parameters; 4. ``trainPatterns`` train matching ones.
@@ -19,10 +20,14 @@ it from the start (frozen ones just get no gradient, so AdamW leaves them untouc
 current stage is part of the checkpoint (``state_dict``), so a resume is exact. Stage 0 is the
 preset's own configuration; stage i >= 1 is ``gradualUnfreezing.stages[i-1]``.
 
-Layer-wise learning-rate decay: the head (and anything outside the layout) gets ``lr``, block
-i from the top (i = 0 for the topmost) ``lr * decay^(i+1)``, the embeddings
-``lr * decay^(n_blocks+1)``. Biases and norm weights (every parameter with <= 1 dimension)
-get no weight decay.
+Per-block learning rates, one rule (:func:`lr_scale`): the head (and anything outside the
+layout) gets ``lr``. Layer-wise decay: block i from the top (i = 0 for the topmost)
+``lr * decay^(i+1)``, the embeddings ``lr * decay^(n_blocks+1)``. Discriminative rates
+(fastai's slice): the n blocks fall into G contiguous groups (block b in group b*G // n), and
+group g (0 = bottom, with the embeddings) gets ``lr * lowestFactor^((G-g)/G)``, so the rates
+are evenly spaced in log scale from ``lr * lowestFactor`` up to the head's ``lr``. ``top``
+parts go with the topmost block in both. Biases and norm weights (every parameter with <= 1
+dimension) get no weight decay.
 """
 
 from __future__ import annotations
@@ -144,6 +149,8 @@ class FreezePolicy:
                 on = True
             elif mode == FreezePreset.BITFIT.value:
                 on = is_bias
+            elif mode == FreezePreset.IA3.value:
+                on = is_lora_param(plain)
             elif mode == FreezePreset.LORA.value:
                 lora_bias = spec.lora.bias if spec.lora else "none"
                 on = is_lora_param(plain) or (
@@ -175,12 +182,14 @@ class FreezePolicy:
         whose block has nothing trainable) are put in eval mode when freezeBatchNormStats is
         set; call :meth:`set_train_mode` instead of ``model.train()`` to keep them so.
         """
-        if self.spec.preset == FreezePreset.LORA and not any(
+        if self.spec.preset in (FreezePreset.LORA, FreezePreset.IA3) and not any(
             is_lora_param(n) for n, _ in model.named_parameters()
         ):
+            kind = "LoRA" if self.spec.preset == FreezePreset.LORA else "(IA)^3"
             raise ValueError(
-                "preset lora but the model has no LoRA adapters: load it with "
-                "pretrained.load_model (or call pretrained.inject_lora) before applying the policy"
+                f"preset {self.spec.preset.value} but the model has no {kind} adapters: load it "
+                "with pretrained.load_model (or call pretrained.inject_lora) before applying the "
+                "policy"
             )
         trainable = self.trainable_names(model, stage=stage)
         for name, param in model.named_parameters():
@@ -216,20 +225,8 @@ class FreezePolicy:
     # ------------------------------------------------------------------ optimizer groups
 
     def lr_scale(self, param_name: str) -> float:
-        """The factor layer-wise LR decay applies to ``param_name``'s learning rate."""
-        decay = self.spec.layerwise_lr_decay
-        if decay is None or decay == 1.0:
-            return 1.0
-        plain = _strip_wrappers(param_name)
-        n_blocks = len(self.layout.blocks)
-        part = part_of(self.layout, plain)
-        if part in ("block", TOP):
-            index = self.layout.block_index(plain)
-            if index is not None:
-                return float(decay ** (n_blocks - index))
-        if part == EMBEDDINGS:
-            return float(decay ** (n_blocks + 1))
-        return 1.0
+        """The factor this policy applies to ``param_name``'s learning rate (:func:`lr_scale`)."""
+        return lr_scale(self.spec, self.layout, param_name)
 
     def param_groups(
         self,
@@ -241,11 +238,11 @@ class FreezePolicy:
     ) -> list[dict[str, Any]]:
         """Optimizer parameter groups over ALL parameters (or only the trainable ones).
 
-        One group per (layout row, decay/no-decay) with layer-wise decay, else per
-        decay/no-decay. Each group has ``params``, ``lr``, ``weight_decay`` and, for logs and
-        tests, ``name``, ``lr_scale`` and ``param_names``.
+        One group per (layout row, decay/no-decay) with per-block rates (layer-wise decay or
+        discriminative rates), else per decay/no-decay. Each group has ``params``, ``lr``,
+        ``weight_decay`` and, for logs and tests, ``name``, ``lr_scale`` and ``param_names``.
         """
-        per_row = self.spec.layerwise_lr_decay not in (None, 1.0)
+        per_row = has_block_rates(self.spec)
         groups: OrderedDict[tuple[str, bool], dict[str, Any]] = OrderedDict()
         for name, param in model.named_parameters():
             if trainable_only and not param.requires_grad:
@@ -305,6 +302,38 @@ class FreezePolicy:
             f"stage={self.stage}/{self.num_stages - 1}"
         )
         return parameter_table(model, self.layout, title=title)
+
+
+def has_block_rates(spec: FreezeSpec) -> bool:
+    """Whether ``spec`` gives blocks their own learning rates (layer-wise decay other than 1.0,
+    or discriminative rates per block group)."""
+    return spec.discriminative_lr is not None or spec.layerwise_lr_decay not in (None, 1.0)
+
+
+def lr_scale(spec: FreezeSpec, layout: BlockLayout, param_name: str) -> float:
+    """``param_name``'s learning rate as a multiple of ``training.learningRate`` (the module
+    docstring states the rule): the one place where per-block rates are decided."""
+    if not has_block_rates(spec):
+        return 1.0
+    plain = _strip_wrappers(param_name)
+    n_blocks = len(layout.blocks)
+    part = part_of(layout, plain)
+    index: int | None
+    if part in ("block", TOP):
+        index = layout.block_index(plain)
+    elif part == EMBEDDINGS:
+        index = -1  # below the bottom block
+    else:
+        return 1.0  # head and other
+    if index is None:
+        return 1.0
+    slice_ = spec.discriminative_lr
+    if slice_ is not None:
+        groups = slice_.groups
+        group = max(0, index) * groups // max(1, n_blocks)
+        return float(slice_.lowest_factor ** ((groups - group) / groups))
+    assert spec.layerwise_lr_decay is not None
+    return float(spec.layerwise_lr_decay ** (n_blocks - index))
 
 
 def _matches(name: str, patterns: list[str]) -> bool:

@@ -4,7 +4,7 @@
 the model (a :class:`~kubegraft_trainer.transfer_model.TransferModel` for classification, a
 :class:`~kubegraft_trainer.transfer_model.CausalLMModel` for causal-lm), its tokenizer or
 image geometry for the data pipeline, and its :class:`~kubegraft_trainer.blocks.BlockLayout`
-for the freeze policy. With preset ``lora`` the LoRA adapters are already injected, so the
+for the freeze policy. With preset ``lora`` (or ``ia3``) the adapters are already injected, so the
 structure is final before the optimizer and the distributed wrapper see it.
 
 Checkpoints, in the order they are recognised:
@@ -55,7 +55,14 @@ from kubegraft_trainer.architectures import CnnArchitecture, StateDict, get_arch
 from kubegraft_trainer.blocks import BlockLayout
 from kubegraft_trainer.errors import ConfigError, RetryableError
 from kubegraft_trainer.heads import build_head
-from kubegraft_trainer.lora import add_lora_adapters, default_text_targets, has_lora, merge_lora
+from kubegraft_trainer.lora import (
+    add_ia3_adapters,
+    add_lora_adapters,
+    default_text_ia3_targets,
+    default_text_targets,
+    has_lora,
+    merge_lora,
+)
 from kubegraft_trainer.model_summary import param_numel
 from kubegraft_trainer.transfer_model import CausalLMModel, ModelKind, TextBackbone, TransferModel
 from kubegraft_trainer.uris import HF_SCHEME, is_hub_uri, resolve_uri
@@ -205,26 +212,41 @@ def load_model(spec: FineTuneJobSpec, *, num_labels: int | None) -> ModelBundle:
         assert labels is not None
         bundle = _load_state_dict_model(source, get_architecture(architecture), mspec, labels)
     bundle.source = mspec.checkpoint
-    if spec.freeze.preset == FreezePreset.LORA:
+    if spec.freeze.preset in (FreezePreset.LORA, FreezePreset.IA3):
         inject_lora(bundle, spec)
     return bundle
 
 
 def inject_lora(bundle: ModelBundle, spec: FineTuneJobSpec) -> None:
-    """Inject LoRA adapters into the bundle's backbone (idempotent)."""
+    """Inject the preset's adapters into the bundle's backbone (idempotent): LoRA (DoRA with
+    ``lora.useDora``) for preset lora, (IA)^3 for preset ia3, on the architecture's default
+    targets unless the spec names them."""
     model = bundle.model
+    feedforward: list[str] | str | None
+    cnn = False
     if isinstance(model, CausalLMModel):
         inner: nn.Module = model.model
-        targets: list[str] | str = default_text_targets(getattr(inner.config, "model_type", None))
     elif isinstance(model, TransferModel) and isinstance(model.backbone, TextBackbone):
         inner = model.backbone.model
-        targets = default_text_targets(getattr(inner.config, "model_type", None))
     elif isinstance(model, TransferModel):
-        inner = model.backbone
-        targets = get_architecture(bundle.architecture).lora_target_regex
+        inner, cnn = model.backbone, True
     else:  # pragma: no cover - load_model only makes the two kinds above
-        raise TypeError(f"cannot add LoRA adapters to {type(model).__name__}")
-    add_lora_adapters(inner, spec.freeze.lora, default_targets=targets)
+        raise TypeError(f"cannot add adapters to {type(model).__name__}")
+    if cnn:
+        arch = get_architecture(bundle.architecture)
+        targets: list[str] | str = arch.lora_target_regex
+        ia3_targets: list[str] | str = arch.lora_target_regex
+        feedforward = arch.ia3_feedforward_regex
+    else:
+        model_type = getattr(getattr(inner, "config", None), "model_type", None)
+        targets = default_text_targets(model_type)
+        ia3_targets, feedforward = default_text_ia3_targets(model_type)
+    if spec.freeze.preset == FreezePreset.IA3:
+        add_ia3_adapters(
+            inner, spec.freeze.ia3, default_targets=ia3_targets, default_feedforward=feedforward
+        )
+    else:
+        add_lora_adapters(inner, spec.freeze.lora, default_targets=targets)
 
 
 def _num_labels(mspec: ModelSpec, num_labels: int | None) -> int | None:
