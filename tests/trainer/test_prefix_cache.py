@@ -310,7 +310,7 @@ ZERO_GRADIENT = "bn3.bias"
 loss only through 1x1 convolutions and residual sums into a batch norm in training mode (the
 next block's ``bn1``, finally ``bn2``), which subtracts any per-channel shift: the loss does not
 depend on ``bn3.bias`` at all, its gradient is exactly zero, and what float32 computes for it is
-rounding (1e-9 against 1e-2 for its weight, measured). Adam's first step is about
+rounding (1e-9 against 1e-2 for its weight's, measured). Adam's first step is about
 ``lr * sign(grad)`` whatever the gradient's size, so it moves these biases by +-lr on the
 rounding's sign: two numerically different paths disagree there by construction."""
 
@@ -361,9 +361,16 @@ def test_efficientnet_first_step_gradients_match(
     assert not any(k.startswith("backbone.blocks.4.") for k in plain32), "the prefix trained"
     for key, ref in plain64.items():
         if key.endswith(ZERO_GRADIENT):
-            for grads in (plain64, cached64, plain32, cached32):
+            # rounding: measured up to 9.7e-7 of the weight's gradient in float32, 1e-15 in
+            # float64; a real gradient is of the weight's order
+            for grads, bound in (
+                (plain64, 1e-9),
+                (cached64, 1e-9),
+                (plain32, 1e-4),
+                (cached32, 1e-4),
+            ):
                 weight = float(grads[key.replace("bias", "weight")].abs().max())
-                assert float(grads[key].abs().max()) <= 1e-6 * weight, key
+                assert float(grads[key].abs().max()) <= bound * weight, key
             continue
         assert _rel(cached64[key], ref) <= 1e-9, key
         assert _rel(cached32[key], plain32[key]) <= 2e-2, key
