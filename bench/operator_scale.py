@@ -905,7 +905,8 @@ def run_round(
             )
         burst_running = done(names) if controller.waits_for_running else 0
         steady_result: SteadyResult | None = None
-        if steady is not None and done(names) == n and len(spaces) == 1:
+        steady_here = len(spaces) == 1 and controller.kind in ("kubegraft", "floor")
+        if steady is not None and steady_here and done(names) == n:
             rate, seconds = steady
             more = [f"steady-{i:05d}" for i in range(round(rate * seconds))]
             log(f"steady: {len(more)} jobs at {rate:g}/s with {n} resident")
@@ -1196,10 +1197,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--peer",
-        choices=["kubeflow"],
+        choices=["kubeflow", "kubeflow-tuned"],
         default=None,
         help="after each operator round, the same burst as PyTorchJobs for Kubeflow's"
-        " training-operator v1.8.1: with its defaults and with threads/QPS raised",
+        " training-operator v1.8.1: with its defaults and with threads/QPS raised"
+        " (kubeflow-tuned: the raised row only)",
     )
     parser.add_argument(
         "--reconcile-threads",
@@ -1225,7 +1227,8 @@ def main(argv: list[str] | None = None) -> int:
         "--steady",
         default=None,
         metavar="RATE,SECONDS",
-        help="after each burst, RATE jobs/s for SECONDS more while the burst stays resident",
+        help="after the operator's and the floor's bursts, RATE jobs/s for SECONDS more while"
+        " the burst stays resident",
     )
     args = parser.parse_args(argv)
     sizes = [10] if args.quick else [int(x) for x in args.jobs.split(",") if x.strip()]
@@ -1233,15 +1236,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.steady:
         rate_s, seconds_s = args.steady.split(",")
         steady = (float(rate_s), float(seconds_s))
-    steady_jobs = round(steady[0] * steady[1]) if steady else 0
+    steady_jobs = round(steady[0] * steady[1]) if steady else 0  # (sized for every row)
     operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
     controllers = [OPERATOR]
     if args.shards:
         controllers.append(OPERATOR_2_SHARDS)
     if args.floor:
         controllers.append(FLOOR)
+    if args.peer == "kubeflow":
+        controllers.append(KUBEFLOW_DEFAULTS)
     if args.peer:
-        controllers += [KUBEFLOW_DEFAULTS, KUBEFLOW_TUNED]
+        controllers.append(KUBEFLOW_TUNED)
     results: list[RoundResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="kubegraft-bench-work-") as work,
