@@ -21,18 +21,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-POLICY_NAMES = ("feature-extraction", "top-k:K", "bitfit", "lora", "full")
+POLICY_NAMES = ("feature-extraction", "top-k:K", "bitfit", "lora", "dora", "ia3", "full")
 
 
 def policy_freeze(policy: str) -> dict[str, Any]:
     """The ``spec.freeze`` of a policy name: ``feature-extraction``, ``top-k:K``, ``bitfit``,
-    ``lora``, ``full``. Raises ValueError naming the accepted forms."""
+    ``lora``, ``dora`` (LoRA with ``useDora``), ``ia3``, ``full``. Raises ValueError naming
+    the accepted forms."""
     name, _, arg = policy.partition(":")
     if name == "top-k":
         if not arg.isdigit() or int(arg) < 1:
             raise ValueError(f"policy {policy!r}: top-k needs a block count, e.g. top-k:2")
         return {"preset": "top-k", "topK": int(arg)}
-    if arg or name not in ("feature-extraction", "bitfit", "lora", "full"):
+    if name == "dora" and not arg:
+        return {"preset": "lora", "lora": {"useDora": True}}
+    if arg or name not in ("feature-extraction", "bitfit", "lora", "ia3", "full"):
         raise ValueError(f"unknown policy {policy!r}; use {', '.join(POLICY_NAMES)}")
     return {"preset": name}
 

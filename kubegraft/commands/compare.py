@@ -47,6 +47,7 @@ import yaml
 
 from kubegraft.commands.overrides import OverrideError, add_set_argument, apply_override
 from kubegraft.policy_compare import (
+    POLICY_NAMES,
     Calibration,
     PolicySummary,
     calibration,
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policies",
         default="feature-extraction,top-k:2,lora,full",
-        help="comma-separated: feature-extraction, top-k:K, bitfit, lora, full",
+        help="comma-separated: " + ", ".join(POLICY_NAMES),
     )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(

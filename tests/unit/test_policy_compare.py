@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from kubegraft.api.v1alpha1 import FreezeSpec
 from kubegraft.commands.compare import trial_overrides, trial_record
 from kubegraft.compare_cluster import comparison_id, trial_manifest, trial_name
 from kubegraft.policy_compare import (
@@ -39,6 +40,11 @@ def _trial(acc: float, seconds: float, *, n: int = 1000, trainable: int = 10) ->
 def test_policy_names() -> None:
     assert policy_freeze("top-k:2") == {"preset": "top-k", "topK": 2}
     assert policy_freeze("lora") == {"preset": "lora"}
+    assert policy_freeze("dora") == {"preset": "lora", "lora": {"useDora": True}}
+    assert policy_freeze("ia3") == {"preset": "ia3"}
+    # each is a valid freeze spec for the API model (what the trial's manifest gets)
+    for name in ("dora", "ia3", "top-k:2"):
+        FreezeSpec.model_validate(policy_freeze(name))
     with pytest.raises(ValueError, match="top-k:2"):
         policy_freeze("top-k")
     with pytest.raises(ValueError, match="unknown policy"):
