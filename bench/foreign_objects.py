@@ -13,11 +13,14 @@ the annotation (a MODIFIED event for every watcher that receives the pod).
 
 Two rows, same cluster, same objects, one after the other:
 
-- ``operator``: the operator as it is (its pod watch carries a label selector,
-  :func:`kubegraft_operator.settings.watch_selectors`, so the API server sends only its own);
-- ``no selectors``: the same operator with the selectors switched off before kopf reads its
-  settings, i.e. kopf receives every pod and drops the foreign ones in its handler filters
-  (how the operator watched before commit a4ef55e). This is the baseline.
+- ``operator``: the operator as it is (its pod watch, :mod:`kubegraft_operator.pod_watch`,
+  carries a label selector, :data:`kubegraft_operator.settings.WORKER_POD_SELECTOR`, so the
+  API server sends only its own worker pods);
+- ``no selectors``: the same operator with an empty selector, i.e. its pod watch receives
+  and decodes every pod of the namespace and drops the foreign ones (``store.job_key``: no
+  job label). This is the baseline. (Before the operator watched pods itself, kopf did, and
+  kept a memory of every pod it received: then the selector also saved ~15 KB per foreign
+  pod; now only the traffic and the decoding.)
 
 Columns: ``start CPU s`` from process start until its CPU stays still for 3 s (kopf's initial
 lists included); ``RSS MB`` after that; ``update CPU s`` for the pod updates (sent from
@@ -52,11 +55,11 @@ PADDING = "x" * 2000  # ~2 KB per foreign pod, on top of its spec
 
 
 class WithoutSelectors(OperatorProcess):
-    """The operator with ``watch_selectors`` returning nothing: the baseline row."""
+    """The operator with an empty worker-pod selector: the baseline row."""
 
     def argv(self) -> list[str]:
         code = (
-            "import kubegraft_operator.settings as s; s.watch_selectors = lambda: {}; "
+            "import kubegraft_operator.settings as s; s.WORKER_POD_SELECTOR = ''; "
             "from kubegraft_operator.__main__ import main; "
             f"main(['--namespace', {self.namespace!r}, '--standalone', "
             f"'--liveness=http://127.0.0.1:{self.health_port}/healthz'])"

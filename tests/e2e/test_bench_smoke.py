@@ -76,9 +76,10 @@ def test_foreign_objects_reach_only_the_operator_without_selectors(
     cluster: Cluster, crd: list[str], tmp_path: Path
 ) -> None:
     # bench/foreign_objects.py on the session's control plane: 1000 pods that are not the
-    # operator's (gated Pending, ~2 KB each). Without the watch label selector (the baseline
-    # row) kopf lists and keeps a memory of each (~15 KB); with it the API server never sends
-    # them.
+    # operator's (gated Pending, ~2 KB each). Without the pod watch's label selector (the
+    # baseline row) the operator lists and decodes all of them (measured: RSS 83.5 vs 69.8 MB,
+    # peak 91 vs 70 MB: the decoded LIST pages, though no foreign pod is kept); with it the API
+    # server never sends them.
     args = ("--pods", "1000", "--updates", "200")
     _, (base, ours) = run_bench(cluster, tmp_path, "foreign_objects.py", *args)
     assert (base["row"], ours["row"]) == ("no selectors", "operator")
