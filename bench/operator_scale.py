@@ -771,6 +771,12 @@ class PeerProcess:
                 self.proc.wait(30)
 
 
+def has_steady(controller: Controller) -> bool:
+    """Whether ``--steady`` applies to the controller's rounds: the operator's (one process)
+    and the floor's; not the peer's, whose default row alone would take many minutes."""
+    return controller.shards == 1 and controller.kind in ("kubegraft", "floor")
+
+
 def run_round(
     cluster: devcluster.Cluster,
     op_kubeconfig: Path,
@@ -905,8 +911,7 @@ def run_round(
             )
         burst_running = done(names) if controller.waits_for_running else 0
         steady_result: SteadyResult | None = None
-        steady_here = len(spaces) == 1 and controller.kind in ("kubegraft", "floor")
-        if steady is not None and steady_here and done(names) == n:
+        if steady is not None and has_steady(controller) and done(names) == n:
             rate, seconds = steady
             more = [f"steady-{i:05d}" for i in range(round(rate * seconds))]
             log(f"steady: {len(more)} jobs at {rate:g}/s with {n} resident")
@@ -1236,7 +1241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steady:
         rate_s, seconds_s = args.steady.split(",")
         steady = (float(rate_s), float(seconds_s))
-    steady_jobs = round(steady[0] * steady[1]) if steady else 0  # (sized for every row)
+    steady_jobs = round(steady[0] * steady[1]) if steady else 0
     operator_env = dict(kv.split("=", 1) for kv in args.operator_env)
     controllers = [OPERATOR]
     if args.shards:
@@ -1251,7 +1256,9 @@ def main(argv: list[str] | None = None) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="kubegraft-bench-work-") as work,
         control_plane(
-            args, (sum(sizes) + steady_jobs * len(sizes)) * NODES_PER_JOB * len(controllers)
+            args,
+            NODES_PER_JOB
+            * sum(n + steady_jobs * has_steady(c) for n in sizes for c in controllers),
         ) as cluster,
     ):
         work_dir = Path(args.logs or work)
