@@ -397,9 +397,15 @@ class Recorder:
             if running:
                 self.job_running.setdefault(name, now)
 
+    def _first_gang(self, job: str) -> list[str]:
+        """The job's first NODES_PER_JOB pods by the time they were seen: its first gang. A
+        gang restarted later (a node lost under load) must not move the job's milestones."""
+        pods = sorted(self.pods_of.get(job, set()), key=self.pod_seen.__getitem__)
+        return pods[:NODES_PER_JOB]
+
     def all_pods_at(self, job: str) -> float | None:
         with self.lock:
-            pods = self.pods_of.get(job, set())
+            pods = self._first_gang(job)
             if len(pods) < NODES_PER_JOB:
                 return None
             return max(self.pod_seen[p] for p in pods)
@@ -411,7 +417,7 @@ class Recorder:
 
     def pods_running_at(self, job: str) -> float | None:
         with self.lock:
-            pods = self.pods_of.get(job, set())
+            pods = self._first_gang(job)
             if len(pods) < NODES_PER_JOB or any(p not in self.pod_running for p in pods):
                 return None
             return max(self.pod_running[p] for p in pods)
