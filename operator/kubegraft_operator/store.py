@@ -247,10 +247,7 @@ class Store:
         A cached pod newer than the LIST (our own create's answer, arriving while the LIST
         was under way) is kept. Returns the jobs whose pods changed."""
         listed = {_uid(p) for p in pods}
-        try:
-            at = int(version)
-        except ValueError:
-            at = None
+        at = _rv({"metadata": {"resourceVersion": version}})
         changed: set[Key] = set()
         for key, cached in list(self.pods.items()):
             if not covers(key[0]):
