@@ -48,3 +48,31 @@ def test_an_older_single_committer_checkpoint_still_counts(tmp_path: Path) -> No
     assert is_complete(p)
     (p / COMPLETE_MARKER).write_text("not json")
     assert not is_complete(p)
+
+
+def test_syncing_a_part_skips_a_file_another_rank_renamed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI failure of 2026-12-01: rank 1 listed rank 0's temporary file (torch writes
+    through one and renames it) and opened it after the rename; the rank's part failed and
+    with it the checkpoint. The rename is replayed here between the listing and the open."""
+    from kubegraft_trainer import checkpointing
+
+    part = tmp_path / ".tmp-step-00000012"
+    (part / "sub").mkdir(parents=True)
+    (part / "model.safetensors").write_bytes(b"weights")
+    (part / "sub" / "optimizer.bin").write_bytes(b"state")
+    writing = part / ".tmpesHu6A"  # another rank's file, still under its temporary name
+    writing.write_bytes(b"half")
+    real_open = open
+    opened: list[str] = []
+
+    def open_after_the_rename(path: object, *args: object, **kwargs: object) -> object:
+        if Path(str(path)) == writing and writing.exists():
+            writing.rename(part / "random_states_0.pkl")  # the other rank finishes its write
+        opened.append(Path(str(path)).name)
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(checkpointing, "open", open_after_the_rename, raising=False)
+    checkpointing._fsync_tree(part)
+    assert {"model.safetensors", "optimizer.bin"} <= set(opened)

@@ -151,13 +151,22 @@ def _write_synced(path: Path, text: str) -> None:
 def _fsync_tree(root: Path) -> None:
     """fsync every file and directory under ``root`` from this node. Each rank calls it for
     the part it wrote: on a network file system (a ReadWriteMany claim) only the writer's
-    fsync makes its data durable; syncing another node's (already closed) files is cheap."""
-    for f in root.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        elif f.is_dir():
-            _fsync_dir(f)
+    fsync makes its data durable; syncing another node's (already closed) files is cheap.
+
+    The other ranks write into the same directory meanwhile, and their writers (torch's,
+    safetensors') go through temporary files that they rename: a file or directory that
+    vanishes between the listing and the open is another rank's, which its own rank syncs
+    under its final name, so it is skipped rather than failing this rank's part.
+    """
+    for top, dirs, files in os.walk(root):  # os.walk skips a directory that vanished
+        for name in files:
+            try:
+                with open(os.path.join(top, name), "rb") as fh:
+                    os.fsync(fh.fileno())
+            except FileNotFoundError:
+                continue
+        for name in dirs:
+            _fsync_dir(Path(top, name))
     _fsync_dir(root)
 
 
