@@ -311,6 +311,7 @@ def up(
     bin_dir: Path | None = None,
     nodes: int = 4,
     gpus_per_node: int = 8,
+    pods_per_node: int = 110,
     log: Log = print,
     timeout: float = 120,
     tie_to_caller: bool = False,
@@ -341,7 +342,7 @@ def up(
     for attempt in range(1, PORT_ATTEMPTS + 1):
         cluster = _prepare(state_dir, name, bin_dir, pki, tie_to_caller)
         try:
-            _bring_up(cluster, pki, nodes, gpus_per_node, log, timeout)
+            _bring_up(cluster, pki, nodes, gpus_per_node, pods_per_node, log, timeout)
             if kueue:
                 from kubegraft.devcluster import kueue as kueue_manager
 
@@ -361,7 +362,9 @@ def up(
     return cluster
 
 
-def _bring_up(cluster: Cluster, pki: Pki, nodes: int, gpus: int, log: Log, timeout: float) -> None:
+def _bring_up(
+    cluster: Cluster, pki: Pki, nodes: int, gpus: int, pods: int, log: Log, timeout: float
+) -> None:
     b, s, ports = cluster.bin_dir, cluster.state_dir, cluster.ports
     wait = _Waiter(cluster)
     etcd_url = f"http://{HOST}:{ports['etcd']}"
@@ -450,8 +453,8 @@ def _bring_up(cluster: Cluster, pki: Pki, nodes: int, gpus: int, log: Log, timeo
     wait.until("kwok /healthz", lambda: _http_ok(kwok_url), timeout)
 
     names = [f"gpu-node-{i}" for i in range(nodes)]
-    log(f"creating {nodes} fake GPU nodes x {gpus} nvidia.com/gpu")
-    fake_nodes = [manifests.fake_gpu_node(n, gpus=gpus) for n in names]
+    log(f"creating {nodes} fake GPU nodes x {gpus} nvidia.com/gpu, {pods} pods each")
+    fake_nodes = [manifests.fake_gpu_node(n, gpus=gpus, pods=str(pods)) for n in names]
     wait.retry("creating the fake GPU nodes", lambda: cluster.apply(fake_nodes), timeout)
     wait.until("fake GPU nodes Ready", lambda: _nodes_ready(cluster, names, gpus), timeout)
     # The controller-manager is serving once it has made the default namespace's ServiceAccount.
