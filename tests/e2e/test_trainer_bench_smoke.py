@@ -140,3 +140,11 @@ def test_transfer_policies_quick(tmp_path: Path) -> None:
     assert written.count("| gradual-unfreezing") == 2
     assert "EfficientNet-Lite0" in written
     assert "all-MiniLM-L6-v2" in text
+    # The report's summaries and verdicts (kubegraft compare's rule) and the plots it links.
+    for model in ("minilm", "effnet"):
+        assert [s["policy"] for s in doc["summaries"][model]] == policies, model
+        assert doc["verdicts"][model].startswith("most accurate: "), doc["verdicts"][model]
+        plot = tmp_path / "img" / f"transfer-policies-{model}.svg"
+        assert plot.read_text().lstrip().startswith("<?xml"), plot
+        assert f"(img/{plot.name})" in written
+    assert written.count("vs the best") >= 1
