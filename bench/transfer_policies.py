@@ -645,9 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if "effnet" in models and not args.from_logs:
         write_digits(args.image_size)  # once, before any timed run
-    # Seed by seed within a model: an interrupted run still has whole seeds to show.
+    # Seed by seed: an interrupted run still has whole seeds of every model to show.
     seeds = [42 + i for i in range(max(1, args.seeds))]
-    jobs: list[Job] = [(m, p, seed) for m in models for seed in seeds for p in policies]
+    jobs: list[Job] = [(m, p, seed) for seed in seeds for m in models for p in policies]
 
     def one(job: Job) -> dict[str, Any]:
         model, policy, seed = job
