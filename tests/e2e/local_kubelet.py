@@ -17,14 +17,15 @@ How a pod becomes a local process (the differences from a node are the point of 
   ``port_env`` names env vars whose port is replaced by a free one (e.g. the metrics port).
   A pod is not started while a process with the same hostname still runs, as the old gang
   would otherwise still hold rank 0's port.
-- **Volumes**: a ConfigMap or Secret volume is written (from the real object) into a per-pod
-  dir; ``emptyDir`` with ``medium: Memory`` on ``/dev/shm`` is the host's ``/dev/shm``, an
-  ``emptyDir`` on ``/tmp`` the host's ``/tmp`` (so host paths under it, such as a
-  test's output dir, are not rewritten); any other
-  volume must be named in ``host_dirs`` (volume name -> host dir, e.g. one output dir shared
-  by both ranks, which is what a ReadWriteMany PVC gives on a cluster). Every mountPath is
-  rewritten to its host dir in argv and env. Files *inside* a volume are not rewritten, so a
-  test whose config names a mount path (``output.path``) uses the host dir as that path.
+- **Volumes**: a ConfigMap or Secret volume is written (from the real object, waited for
+  as a kubelet waits when the pod came first) into a per-pod dir; ``emptyDir`` with
+  ``medium: Memory`` on ``/dev/shm`` is the host's ``/dev/shm``, an ``emptyDir`` on ``/tmp``
+  the host's ``/tmp`` (so host paths under it, such as a test's output dir, are not
+  rewritten); any other volume must be named in ``host_dirs`` (volume name -> host dir,
+  e.g. one output dir shared by both ranks, which is what a ReadWriteMany PVC gives on a
+  cluster). Every mountPath is rewritten to its host dir in argv and env. Files *inside* a
+  volume are not rewritten, so a test whose config names a mount path (``output.path``)
+  uses the host dir as that path.
 - **Projected tokens** (rank 0's progress token): requested from the TokenRequest API for the
   volume's audience, bound to the pod, written into the volume's host dir.
 - **ServiceAccount token**: for a pod with ``automountServiceAccountToken``, a token for its
@@ -78,6 +79,8 @@ PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_E
 PASS_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "KUBEGRAFT_CACHE")
 """Offline switches of the model libraries, which an image would bake in too."""
 SHM = "/dev/shm"
+MOUNT_TIMEOUT = 120.0
+"""Seconds a pod waits for a volume's ConfigMap or Secret to exist (a kubelet's mount wait)."""
 LOCALHOST = "127.0.0.1"
 
 
@@ -122,6 +125,8 @@ class LocalPod:
     env: dict[str, str] = field(default_factory=dict)
     """The environment the container's command runs with (after the port and path rewrites)."""
     started_at: str = ""
+    waiting_for: str | None = None
+    """The ConfigMap or Secret a volume of the pod waits for (a kubelet's FailedMount)."""
     terminate: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -490,7 +495,9 @@ class LocalKubelet:
             if "configMap" in vol:
                 host = local.work_dir / "volumes" / m["name"]
                 host.mkdir(parents=True, exist_ok=True)
-                cm = self.core.read_namespaced_config_map(vol["configMap"]["name"], self.namespace)
+                cm = self._volume_source(
+                    local, self.core.read_namespaced_config_map, vol["configMap"]["name"]
+                )
                 for key, text in (cm.data or {}).items():
                     (host / key).write_text(text)
             elif "secret" in vol:
@@ -498,8 +505,8 @@ class LocalKubelet:
 
                 host = local.work_dir / "volumes" / m["name"]
                 host.mkdir(parents=True, exist_ok=True)
-                secret = self.core.read_namespaced_secret(
-                    vol["secret"]["secretName"], self.namespace
+                secret = self._volume_source(
+                    local, self.core.read_namespaced_secret, vol["secret"]["secretName"]
                 )
                 data = secret.data or {}
                 for item in vol["secret"].get("items") or [{"key": k, "path": k} for k in data]:
@@ -521,6 +528,28 @@ class LocalKubelet:
                 raise ValueError(f"{local.name}: volume {m['name']} needs a host dir (host_dirs=)")
             out[path] = host
         return out
+
+    def _volume_source(self, local: LocalPod, read: Callable[[str, str], Any], name: str) -> Any:
+        """A volume's ConfigMap or Secret, waited for as a kubelet does.
+
+        The operator creates a gang's config ConfigMap in the same parallel wave as its pods,
+        so a pod can be seen before its ConfigMap exists; a kubelet then retries the mount
+        (a FailedMount event) until it does, for up to :data:`MOUNT_TIMEOUT`. Failing the pod
+        at once, as this did, failed tests when the ConfigMap's create answered a few
+        milliseconds after the pod's (CI, 2026-12-01)."""
+        deadline, delay = time.monotonic() + MOUNT_TIMEOUT, 0.05
+        while True:
+            try:
+                found = read(name, self.namespace)
+                local.waiting_for = None
+                return found
+            except ApiException as e:
+                if e.status != 404 or time.monotonic() + delay > deadline:
+                    raise
+            local.waiting_for = name
+            if local.terminate.wait(delay) or self._stopped.is_set():
+                raise RuntimeError(f"{local.name}: stopped while waiting for {name}")
+            delay = min(2 * delay, 1.0)
 
     def _project(self, local: LocalPod, spec: Obj, projected: Obj, host: Path) -> None:
         """A projected volume (the ServiceAccount admission's ``kube-api-access-*``): a
