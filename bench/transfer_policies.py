@@ -260,6 +260,13 @@ def job_spec(
     }
 
 
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The sizes a run's result depends on besides (model, policy, seed): recorded in each
+    result, so that ``--resume`` never mixes results of other sizes into a table."""
+    keys = ("text_samples", "image_samples", "eval_samples", "image_size", "epochs", "batch_size")
+    return {k: getattr(args, k) for k in keys} | {"threads": args.threads}
+
+
 def worker(model: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kg-policies-") as out:
         spec = job_spec(model, policy, args, out, seed=args.seed)
@@ -275,6 +282,7 @@ def worker(model: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
             "model": model,
             "policy": policy,
             "seed": args.seed,
+            "settings": settings_of(args),
             "learning_rate": LEARNING_RATES[model][policy],
             "accuracy": result["accuracy"],
             "f1": result["f1"],
@@ -323,6 +331,17 @@ def results_from_logs(dirs: list[Path], jobs: list[Job]) -> list[dict[str, Any]]
         )
         for j in jobs
     ]
+
+
+def reusable(log_dir: Path, jobs: list[Job], settings: dict[str, Any]) -> dict[Job, dict[str, Any]]:
+    """``--resume``: the finished runs in ``log_dir`` among ``jobs`` whose recorded settings
+    are ``settings`` (a result that records none, from before they were recorded, is taken
+    as the caller says: same command)."""
+    return {
+        (r["model"], r["policy"], int(r["seed"])): r
+        for r in results_from_logs([log_dir], jobs)
+        if "error" not in r and r.get("settings", settings) == settings
+    }
 
 
 def share(r: dict[str, Any]) -> str:
@@ -597,6 +616,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--log-dir", default=None, help="keep each run's log (and its result) here")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --log-dir: do not rerun a (model, policy, seed) whose result is there already"
+        " (unless it records other settings)",
+    )
+    p.add_argument(
         "--from-logs",
         nargs="+",
         default=None,
@@ -649,8 +674,16 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [42 + i for i in range(max(1, args.seeds))]
     jobs: list[Job] = [(m, p, seed) for seed in seeds for m in models for p in policies]
 
+    previous = (
+        reusable(log_dir, jobs, settings_of(args))
+        if args.resume and log_dir is not None and log_dir.exists()
+        else {}
+    )
+
     def one(job: Job) -> dict[str, Any]:
         model, policy, seed = job
+        if job in previous:
+            return previous[job]
         try:
             r = run_worker(
                 Path(__file__),

@@ -15,6 +15,7 @@ from bench.common import RESULT_PREFIX
 from bench.transfer_policies import (
     KAOMOJI_CLASSES,
     results_from_logs,
+    reusable,
     summaries,
     table,
     write_kaomoji,
@@ -101,3 +102,20 @@ def test_the_text_data_has_each_text_once_and_only_the_ten_classes(tmp_path: Pat
     texts = [r["text"] for r in rows]
     assert len(texts) == len(set(texts)) > 5000  # enough for 4,000 training + 1,000 validation
     assert {r["category"] for r in rows} == set(KAOMOJI_CLASSES)
+
+
+def test_resume_takes_only_finished_runs_of_the_same_settings(tmp_path: Path) -> None:
+    settings = {"text_samples": 4000, "epochs": 3}
+    runs = {
+        "minilm-full-s42": _run("full", 42, 0.7, 100) | {"settings": settings},
+        "minilm-full-s43": _run("full", 43, 0.7, 100) | {"settings": {**settings, "epochs": 1}},
+        "minilm-lora-s42": _run("lora", 42, 0.7, 100),  # before settings were recorded
+    }
+    for tag, r in runs.items():
+        (tmp_path / f"{tag}.log").write_text(RESULT_PREFIX + json.dumps(r) + "\n")
+    (tmp_path / "minilm-lora-s43.log").write_text("Traceback ...\n")  # a run that failed
+    jobs = [("minilm", p, s) for s in (42, 43) for p in ("full", "lora")]
+    assert set(reusable(tmp_path, jobs, settings)) == {
+        ("minilm", "full", 42),
+        ("minilm", "lora", 42),
+    }
