@@ -33,12 +33,13 @@ How a pod becomes a local process (the differences from a node are the point of 
   pod, as a projected token does), and handed over as ``KUBEGRAFT_API_SERVER`` /
   ``KUBEGRAFT_API_TOKEN`` / ``KUBEGRAFT_CA_FILE`` (read by :mod:`kubegraft.progress`): RBAC on
   the API server is the real one.
-- **Termination**: a pod that gets a deletionTimestamp (or disappears) has its processes sent
-  SIGTERM, then SIGKILL after ``min(deletionGracePeriodSeconds, max_grace)``. "Its processes"
-  is the whole tree, as a container runtime kills the whole container: torchrun starts its
-  workers in sessions of their own, which a process-group signal misses (a SIGKILLed rank's
-  worker used to live on and keep training with the old gang). When the command exits, every
-  process it leaves behind is killed, as when a container's PID 1 exits.
+- **Termination**: a pod that gets a deletionTimestamp (or disappears) has its main process
+  sent SIGTERM (a runtime signals the container's PID 1 only; the node supervisor passes it
+  on), then its processes SIGKILL after ``min(deletionGracePeriodSeconds, max_grace)``.
+  "Its processes" is the whole tree, as a container runtime kills the whole container:
+  torchrun starts its workers in sessions of their own, which a process-group signal misses
+  (a SIGKILLed rank's worker used to live on and keep training with the old gang). When the
+  command exits, every process it leaves behind is killed, as when a container's PID 1 exits.
 - **Exit codes**: a process killed by signal N reports ``128 + N`` (SIGKILL: 137), as the
   container runtime does.
 
@@ -401,9 +402,15 @@ class LocalKubelet:
             )
 
     def _terminate(self, local: LocalPod) -> None:
-        """SIGTERM, then SIGKILL after the grace period, as the kubelet does on deletion."""
+        """SIGTERM, then SIGKILL after the grace period, as the kubelet does on deletion.
+
+        The SIGTERM goes to the container's main process only, as a container runtime sends
+        it to PID 1 (the node supervisor, which passes it on to torchrun, which passes it to
+        the workers); signalling every process as well gave torchrun two SIGTERMs, which
+        made it abandon its workers' checkpoint (CI, 2026-12-01). The SIGKILL takes all."""
         assert local.proc is not None
-        local.signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            local.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + local.grace
         while local.running() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -9,8 +9,11 @@ this supervisor reads the records written during its run and exits with the most
 termination log, where ``kubectl describe pod`` and the operator see it.
 
 SIGTERM and SIGINT are passed on to torchrun, which passes them to the workers, which save a
-checkpoint and exit with the preemption code. This module imports neither torch nor the
-trainer, so it starts at once.
+checkpoint and exit with the preemption code. Only the first is passed on: torchrun takes a
+second signal while it waits for its workers to stop as a reason to stop waiting, exits 1 at
+once, and with this process (a container's PID 1) gone the container ends and takes rank 0
+down in the middle of its checkpoint. What ends a stop that hangs is the SIGKILL after the
+grace period. This module imports neither torch nor the trainer, so it starts at once.
 """
 
 from __future__ import annotations
@@ -64,7 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time() - 1.0
     proc = subprocess.Popen(command)
 
+    stopping: list[int] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
+        if stopping:
+            name = signal.Signals(signum).name
+            print(
+                f"kubegraft node: {name} again while stopping: not passed on (the workers are "
+                "saving their checkpoint; SIGKILL ends it at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        stopping.append(signum)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
 
