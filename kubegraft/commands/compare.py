@@ -161,6 +161,7 @@ def plot(summaries: list[PolicySummary], path: Path, *, title: str = "kubegraft 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in summaries:
@@ -169,6 +170,10 @@ def plot(summaries: list[PolicySummary], path: Path, *, title: str = "kubegraft 
             s.policy, (s.cost_core_seconds, s.accuracy), textcoords="offset points", xytext=(6, 4)
         )
     ax.set_xscale("log")
+    # Plain numbers on the log axis (1e1-style minor labels overlap) and room for the names.
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _pos: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.margins(x=0.2, y=0.1)
     ax.set_xlabel("training cost (CPU-core seconds per trial, log scale)")
     ax.set_ylabel("validation accuracy (+- 2 SE)")
     ax.set_title(title)
