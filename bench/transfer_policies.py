@@ -670,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if "effnet" in models and not args.from_logs:
         write_digits(args.image_size)  # once, before any timed run
+    if "minilm" in models and not args.from_logs:
+        write_kaomoji()  # likewise: parallel workers must not each write it
     # Seed by seed: an interrupted run still has whole seeds of every model to show.
     seeds = [42 + i for i in range(max(1, args.seeds))]
     jobs: list[Job] = [(m, p, seed) for seed in seeds for m in models for p in policies]
