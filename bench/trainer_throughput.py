@@ -30,11 +30,11 @@ What is compared, and how it is kept fair:
 Windows: full trains 2 epochs and times the second (epoch 1 is the warm-up). top-2 (3 epochs)
 and feature extraction (``--fe-epochs``, 10) are timed from the start of training, *including*
 our cache of the training set: the cache is what buys the speed, so it is paid inside the
-window. At the default sizes (2,048 examples) the full and top-2 windows are 40 s or more on
-both sides here (1,024 gave 20-29 s when the host ran fast, under issue 14's 30 s), and
-feature extraction's HF window is about 3 minutes; ours is about 10 s, because 10 epochs
-of a cached head are that fast (the ratio is what is measured, and its spread says whether
-that window is long enough).
+window. At the default sizes (2,048 examples) the full and top-2 windows are 36 s or more on
+both sides here (1,024 gave 20-29 s, under issue 14's 30 s), and feature extraction's HF
+window is about 3 minutes; ours is about 7 s, because 10 epochs of a cached head are that
+fast (the ratio is what is measured, and its spread says whether that window is long
+enough).
 
 Run (on a shared machine, niced): ``nice python bench/trainer_throughput.py [--quick] [--json]``
 with ``PYTHONPATH=.:operator:trainer`` (or ``hack/in-env.sh``).
