@@ -35,7 +35,14 @@ from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
 from kubegraft_operator import conditions as cond
 from kubegraft_operator import kueue, metrics, settings, status_writes
 from kubegraft_operator.apply import Api, merge_patch
-from kubegraft_operator.decide import CONFIRM_SECONDS, Decision, Event, claim_to_check, decide
+from kubegraft_operator.decide import (
+    CONFIRM_SECONDS,
+    RESYNC_SECONDS,
+    Decision,
+    Event,
+    claim_to_check,
+    decide,
+)
 from kubegraft_operator.observe import (
     Observation,
     controller_uid,
@@ -51,7 +58,6 @@ log = logging.getLogger(__name__)
 
 ERROR_BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 """Seconds to wait after consecutive failed reconciles."""
-RESYNC_SECONDS = 60.0
 
 
 @dataclass
