@@ -151,6 +151,9 @@ class RoundResult:
     latency_ms: list[tuple[str, float]] = field(default_factory=list)
     steady: SteadyResult | None = None
     """The steady phase after the burst (``--steady``), when there was one."""
+    restarted: int = 0
+    """Jobs of the burst whose gang was restarted (more pods seen than one gang has: a fake
+    node lost under load, say); non-zero means the round did more than the burst's work."""
 
 
 @dataclass
@@ -167,6 +170,11 @@ class SteadyResult:
     running: Dist
     cpu_ms_per_job: float
     own_requests_per_job: float
+    peak_rss_mb: float = math.nan
+    """The controller's peak resident set at the end of the phase: burst and steady jobs
+    resident together."""
+    restarted: int = 0
+    """Steady jobs whose gang was restarted (more pods seen than one gang has)."""
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -406,6 +414,11 @@ class Recorder:
         gang restarted later (a node lost under load) must not move the job's milestones."""
         pods = sorted(self.pods_of.get(job, set()), key=self.pod_seen.__getitem__)
         return pods[:NODES_PER_JOB]
+
+    def restarted(self, jobs: list[str]) -> int:
+        """How many of ``jobs`` had more pods than one gang: their gang was restarted."""
+        with self.lock:
+            return sum(1 for j in jobs if len(self.pods_of.get(j, ())) > NODES_PER_JOB)
 
     def all_pods_at(self, job: str) -> float | None:
         with self.lock:
@@ -920,6 +933,7 @@ def run_round(
                 o.metric("kubegraft_operator_reconcile_duration_seconds_sum") for o in ops
             )
         burst_running = done(names) if controller.waits_for_running else 0
+        rss = sum(peak_rss_mb(p.pid) for p in procs)  # the burst's peak, before any steady jobs
         steady_result: SteadyResult | None = None
         if steady is not None and has_steady(controller) and done(names) == n:
             rate, seconds = steady
@@ -946,12 +960,13 @@ def run_round(
                 ),
                 cpu_ms_per_job=1000 * (cpu_now() - cpu1) / len(more),
                 own_requests_per_job=after_steady.minus(after).operator / len(more),
+                peak_rss_mb=sum(peak_rss_mb(p.pid) for p in procs),
+                restarted=rec.restarted(more),
             )
 
         if spy is not None:
             spy.stop()
             log(f"py-spy profile of the operator ({spy.out}):\n{spy.summary()}")
-        rss = sum(peak_rss_mb(p.pid) for p in procs)
         diff = after.minus(before)
         if clean_up:
             # Someone else's cluster: delete the round's jobs while their controller still
@@ -1025,6 +1040,7 @@ def run_round(
             if not k.startswith("WATCH") and not math.isnan(diff.mean_ms(k))
         ],
         steady=steady_result,
+        restarted=rec.restarted(names),
     )
 
 
@@ -1039,7 +1055,8 @@ def steady_report(results: list[RoundResult]) -> str:
             f" with {st.resident} resident: pods p50 / p99 / max {st.all_pods.p50:.2f} /"
             f" {st.all_pods.p99:.2f} / {st.all_pods.max:.2f} s, Running p50 / p99"
             f" {st.running.p50:.2f} / {st.running.p99:.2f} s; CPU {st.cpu_ms_per_job:.1f} ms/job,"
-            f" own requests {st.own_requests_per_job:.1f}/job"
+            f" own requests {st.own_requests_per_job:.1f}/job; peak RSS {st.peak_rss_mb:.0f} MB;"
+            f" gangs restarted {st.restarted}"
         )
     return "steady load:\n" + "\n".join(lines) if lines else ""
 
@@ -1139,6 +1156,8 @@ def where_the_time_goes(results: list[RoundResult]) -> str:
         )
         who = r.controller
         lines.append(f"where the time goes at {r.jobs} jobs, {who} (p50 / p99 seconds per job):")
+        if r.restarted:
+            lines.append(f"  ({r.restarted} jobs had their gang restarted; their first counts)")
         lines += [f"  {label:<44} {d.p50:6.2f} / {d.p99:6.2f}" for label, d in legs]
         cpu_ms = r.operator_cpu_seconds / r.jobs * 1000
         lines.append(

@@ -70,6 +70,9 @@ def test_operator_scale_quick_mode_measures_ten_jobs(
         assert (st["jobs"], st["resident"], st[until]["n"]) == (6, 10, 6)
         assert 0 < st["all_pods"]["p50"] <= st["all_pods"]["max"]
         assert st["own_requests_per_job"] >= 4
+        # The round's peak RSS is the burst's, read before the steady jobs came; the steady
+        # phase's own reading comes after them, and a peak never falls.
+        assert st["peak_rss_mb"] >= row["operator_peak_rss_mb"] > 0
 
 
 def test_foreign_objects_reach_only_the_operator_without_selectors(
