@@ -128,9 +128,11 @@ class PodWatch:
 
     def stop(self) -> None:
         self.stopping.set()
-        for resp in list(self._responses):  # unblock a thread waiting in a read
-            resp.release_conn()
-            resp.close()
+        for resp in list(self._responses):
+            # Unblocks a watch thread waiting in a read: shutdown() is urllib3's way to do that
+            # from another thread. close() blocked here, on the socket the thread was reading,
+            # and the operator never exited on SIGTERM (tests/integration/test_operator_robustness).
+            resp.shutdown()
 
     # ------------------------------------------------------------------ loop side
     def _deliver(self, events: list[tuple[Obj, bool]]) -> None:

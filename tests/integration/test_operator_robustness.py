@@ -1,6 +1,6 @@
 """The operator survives what a real cluster does to it: being killed half-way through a
-reconcile, running as two replicas (one leader, kopf peering), losing a node, and a restart
-of the kube-apiserver.
+reconcile, running as two replicas (one leader, kopf peering), being stopped with jobs
+resident, losing a node, and a restart of the kube-apiserver.
 
 As elsewhere, the operator is a real subprocess with its ServiceAccount's token, kwok plays
 the kubelet, and every wait is on a condition with a timeout.
@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -181,6 +182,44 @@ def test_two_replicas_one_leader_and_failover(
     finally:
         low.stop()
         high.stop()
+
+
+def test_sigterm_stops_the_operator_with_jobs_resident(
+    kube: Kube, namespace: str, op_kubeconfig: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (a rollout, a drain) ends the operator by itself, well inside a pod's default
+    30 s grace period, with jobs resident: its pod watch threads are blocked in a read of an
+    open watch, and closing that response from the event loop blocked the loop, so the
+    operator never exited and was always SIGKILLed after the grace period."""
+    op = OperatorProcess(op_kubeconfig, tmp_path / "op.log", namespace=namespace)
+    op.start().wait_healthy()
+    try:
+        for name in ("resident-a", "resident-b"):
+            kube.create_job(namespace, job_manifest(name, nodes=2, outcome="run"))
+        for name in ("resident-a", "resident-b"):
+            wait_for(lambda n=name: state_is(kube, namespace, n, "Running"), WAIT, message=name)
+        wait_for(lambda: _daemons(op) == 2, WAIT, message="two daemons")
+    finally:
+        assert op.proc is not None
+        op.proc.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = op.proc.wait(GRACE)
+        except subprocess.TimeoutExpired:
+            code = None
+        op.kill()
+    logs = op.logs()
+    assert code == 0, f"no exit {GRACE}s after SIGTERM (code {code}):\n{logs[-3000:]}"
+    assert "Operator is stopping" in logs
+
+
+GRACE = 20
+"""Seconds an operator may take to exit on SIGTERM: under the 30 s a pod gets by default."""
+
+
+def _daemons(op: OperatorProcess) -> int:
+    """The operator's liveness probe result: the number of jobs with a running daemon."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=5) as r:
+        return int(json.loads(r.read())["jobs"])
 
 
 def _peers(cluster: Cluster, namespace: str) -> dict[str, object]:
