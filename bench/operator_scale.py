@@ -875,6 +875,9 @@ def run_round(
     def cpu_now() -> float:
         return sum(cpu_seconds(p) for p in procs)
 
+    def peak_rss_now() -> float:
+        return sum(peak_rss_mb(p.pid) for p in procs)
+
     senders = contextlib.ExitStack()
     try:
         for p in procs:
@@ -933,7 +936,7 @@ def run_round(
                 o.metric("kubegraft_operator_reconcile_duration_seconds_sum") for o in ops
             )
         burst_running = done(names) if controller.waits_for_running else 0
-        rss = sum(peak_rss_mb(p.pid) for p in procs)  # the burst's peak, before any steady jobs
+        rss = peak_rss_now()  # the burst's peak, before any steady jobs
         steady_result: SteadyResult | None = None
         if steady is not None and has_steady(controller) and done(names) == n:
             rate, seconds = steady
@@ -960,7 +963,7 @@ def run_round(
                 ),
                 cpu_ms_per_job=1000 * (cpu_now() - cpu1) / len(more),
                 own_requests_per_job=after_steady.minus(after).operator / len(more),
-                peak_rss_mb=sum(peak_rss_mb(p.pid) for p in procs),
+                peak_rss_mb=peak_rss_now(),
                 restarted=rec.restarted(more),
             )
 
