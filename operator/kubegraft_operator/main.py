@@ -130,7 +130,16 @@ def _keeps_reconciling(*, body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.daemon(
-    GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=10.0, when=_keeps_reconciling
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="reconcile",
+    # Asked to stop, a daemon returns at once, or after the pass in flight (its API calls,
+    # its Events): 5 s for that before kopf cancels it, 10 s more to unwind; both well inside
+    # a pod's default 30 s grace period (tests/integration/test_operator_robustness.py).
+    cancellation_backoff=5.0,
+    cancellation_timeout=10.0,
+    when=_keeps_reconciling,
 )
 async def reconcile(
     *,

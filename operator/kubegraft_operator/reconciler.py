@@ -362,6 +362,7 @@ class Reconciler:
         # died half-way is a 409 on create. Only jobs with a status start with a fresh LIST.
         seeded = not live_body.get("status")
         uid = (live_body.get("metadata") or {}).get("uid")
+        watcher = asyncio.create_task(_wake_when_stopped(stopped, wake), name=f"stop of {key}")
         try:
             while not stopped and not self.store.is_deleted(uid):
                 wake.clear()
@@ -406,6 +407,7 @@ class Reconciler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=timeout)
         finally:
+            watcher.cancel()
             reason = getattr(stopped, "reason", None)
             if reason is not None and reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING:
                 metrics.forget_all_jobs()  # the leader reports now
@@ -448,6 +450,15 @@ class Reconciler:
         _post_events(live_body, outcome.events)
         metrics.set_job_state(key, outcome.state)
         return outcome
+
+
+async def _wake_when_stopped(stopped: Any, wake: asyncio.Event) -> None:
+    """Wake the daemon when kopf asks it to stop (the job finished, the operator exits or
+    pauses), so that it returns by itself: a daemon still waiting on its wake-up is cancelled
+    by kopf (a WARNING per job at every operator stop) and leaves its pass's bookkeeping
+    undone."""
+    await stopped.wait()
+    wake.set()
 
 
 def _snapshot(body: Mapping[str, Any]) -> Obj:

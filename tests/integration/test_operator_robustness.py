@@ -190,15 +190,20 @@ def test_sigterm_stops_the_operator_with_jobs_resident(
     """SIGTERM (a rollout, a drain) ends the operator by itself, well inside a pod's default
     30 s grace period, with jobs resident: its pod watch threads are blocked in a read of an
     open watch, and closing that response from the event loop blocked the loop, so the
-    operator never exited and was always SIGKILLed after the grace period."""
+    operator never exited and was always SIGKILLed after the grace period.
+
+    Every daemon returns by itself, both when its job finished and at the operator's exit:
+    kopf cancels a daemon that does not (a WARNING "... is cancelled" per job)."""
     op = OperatorProcess(op_kubeconfig, tmp_path / "op.log", namespace=namespace)
     op.start().wait_healthy()
     try:
         for name in ("resident-a", "resident-b"):
             kube.create_job(namespace, job_manifest(name, nodes=2, outcome="run"))
+        kube.create_job(namespace, job_manifest("finishing", nodes=2, delay="1s"))
         for name in ("resident-a", "resident-b"):
             wait_for(lambda n=name: state_is(kube, namespace, n, "Running"), WAIT, message=name)
-        wait_for(lambda: _daemons(op) == 2, WAIT, message="two daemons")
+        wait_for(lambda: state_is(kube, namespace, "finishing", "Succeeded"), WAIT, message="done")
+        wait_for(lambda: _daemons(op) == 2, WAIT, message="two daemons (the finished one stopped)")
     finally:
         assert op.proc is not None
         op.proc.send_signal(signal.SIGTERM)
@@ -210,6 +215,8 @@ def test_sigterm_stops_the_operator_with_jobs_resident(
     logs = op.logs()
     assert code == 0, f"no exit {GRACE}s after SIGTERM (code {code}):\n{logs[-3000:]}"
     assert "Operator is stopping" in logs
+    cancelled = [line for line in logs.splitlines() if "is cancelled" in line]
+    assert not cancelled, "kopf had to cancel daemons:\n" + "\n".join(cancelled)
 
 
 GRACE = 20
