@@ -19,8 +19,8 @@ Runs in worker threads (the kubernetes client's transport is synchronous); the a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from kubernetes import client
@@ -31,6 +31,7 @@ from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
 from kubegraft_operator import codec, kueue, metrics
 from kubegraft_operator.observe import controller_uid
 from kubegraft_operator.render import COMPONENT_CONFIG, COMPONENT_WORKER
+from kubegraft_operator.slim import decode_pod
 
 Obj = dict[str, Any]
 
@@ -126,9 +127,11 @@ class Api:
         query: list[tuple[str, str]] | None = None,
         content_type: str = JSON,
         ok: tuple[int, ...] = (),
+        decode: Callable[[bytes], Obj] = codec.loads,
     ) -> Obj | None:
-        """One request; the JSON answer as a dict. Statuses in ``ok`` return None; other
-        errors are counted in the metrics and raised as the client's ``ApiException``."""
+        """One request; the JSON answer as a dict (``decode``: as a slim pod, for one).
+        Statuses in ``ok`` return None; other errors are counted in the metrics and raised as
+        the client's ``ApiException``."""
         headers = {"Accept": JSON}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -152,7 +155,7 @@ class Api:
             metrics.API_ERRORS.labels(operation=operation, code=str(resp.status)).inc()
             text = data.decode("utf-8", "replace") if data else None
             raise ApiException.from_response(http_resp=resp, body=text, data=None)
-        return cast(Obj, codec.loads(data)) if data else {}
+        return decode(data) if data else {}
 
     # ------------------------------------------------------------------ reads
     def list_job_pods(self, namespace: str, job: str) -> list[Obj]:
@@ -185,14 +188,17 @@ class Api:
         kind = obj["kind"]
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        res = self.request(f"create_{kind.lower()}", "POST", _path(kind, ns), body=obj, ok=(409,))
+        # A pod's answer goes to the watch cache only: decoded straight into its slim shape.
+        decode = decode_pod if kind == "Pod" else codec.loads
+        create = f"create_{kind.lower()}"
+        res = self.request(create, "POST", _path(kind, ns), body=obj, ok=(409,), decode=decode)
         if res is not None:
             return res, True
-        existing = self.request(f"get_{kind.lower()}", "GET", _path(kind, ns, name), ok=(404,))
+        existing = self.request(
+            f"get_{kind.lower()}", "GET", _path(kind, ns, name), ok=(404,), decode=decode
+        )
         if existing is None:  # gone between the POST and the GET: try once more
-            res = self.request(
-                f"create_{kind.lower()}", "POST", _path(kind, ns), body=obj, ok=(409,)
-            )
+            res = self.request(create, "POST", _path(kind, ns), body=obj, ok=(409,), decode=decode)
             if res is not None:
                 return res, True
             raise ForeignObjectError(f"{kind} {ns}/{name} keeps reappearing")

@@ -5,8 +5,9 @@ Running: created, bound, started, the kubelet's status patches), and kopf's per-
 machinery (an object memory, a body wrapper, loggers, cause detection, a worker task per
 object, handler invocation) was the largest share of the operator's CPU at scale
 (py-spy at 300 jobs: kopf's processing and queueing ~40 %, bench/README.md, issue 12). A
-pod event needs none of it: the store slims the pod, and only a change a decision reads
-wakes its job. kopf stays the framework for the FineTuneJobs (daemons, peering, probes).
+pod event needs none of it: it is decoded straight into the slim shape the store keeps
+(:mod:`.slim`), and only a change a decision reads wakes its job. kopf stays the framework
+for the FineTuneJobs (daemons, peering, probes).
 
 One watch per namespace when the operator watches named namespaces (a Role per namespace
 suffices), else one cluster-wide watch filtered by kopf's own namespace patterns. Each runs in
@@ -36,7 +37,8 @@ from kopf._cogs.structs.references import (
 from kubernetes import client
 
 from kubegraft_operator import codec, settings
-from kubegraft_operator.store import Store, slim_pod
+from kubegraft_operator.slim import decode_pod_event, decode_pod_list
+from kubegraft_operator.store import Store
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -96,6 +98,17 @@ def lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         buf = buf[start:]
     if buf.strip():
         yield buf
+
+
+def watch_error(path: str, line: bytes) -> Exception:
+    """What to raise for a watch event that is not a pod: :class:`Gone` for an ERROR whose
+    Status says 410 (the version was compacted: re-LIST), else the API's message."""
+    event = codec.loads(line)
+    obj = event.get("object") if isinstance(event, dict) else None
+    if isinstance(obj, dict) and obj.get("code") == 410:
+        return Gone()
+    message = obj.get("message") if isinstance(obj, dict) else None
+    return RuntimeError(f"WATCH {path}: {message or repr(line[:200])}")
 
 
 class PodWatch:
@@ -204,13 +217,10 @@ class PodWatch:
                 raise Gone()
             if resp.status != 200:
                 raise RuntimeError(f"LIST {path}: {resp.status} {data[:200]!r}")
-            doc = codec.loads(data)
-            items += [slim_pod(p) for p in doc.get("items") or []]
-            meta = doc.get("metadata") or {}
-            cont = meta.get("continue") or ""
+            pods, cont, version = decode_pod_list(data)
+            items += pods
             if not cont:
                 break
-        version = str(meta.get("resourceVersion") or "")
         self._send(self._resync, scope, items, version)
         if first:
             log.info(f"pod watch {path}: {len(items)} worker pods")
@@ -234,16 +244,13 @@ class PodWatch:
             if resp.status != 200:
                 raise RuntimeError(f"WATCH {path}: {resp.status}")
             for line in lines(resp.stream(65536)):
-                event = codec.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone()
-                    raise RuntimeError(f"WATCH {path}: {obj.get('message')}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                decoded = decode_pod_event(line)
+                if decoded is None:  # not a pod: an ERROR's Status
+                    raise watch_error(path, line)
+                kind, pod = decoded
+                version = str(pod["metadata"].get("resourceVersion") or version)
                 if kind == "BOOKMARK":
                     continue
-                pod = slim_pod(obj)
                 if scope.covers(str(pod["metadata"].get("namespace") or "")):
                     self._send(self._deliver, [(pod, kind == "DELETED")])
             return version

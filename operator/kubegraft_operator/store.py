@@ -12,7 +12,7 @@ integers on every real API server; when one is not, the latest write wins).
 All methods run on the operator's event loop (kopf handlers and the async daemons), so no
 locks are needed; reconciles in worker threads only see snapshots.
 
-Only the fields :mod:`.observe` reads are kept (:func:`slim_pod`): a
+Only the fields :mod:`.observe` reads are kept (:mod:`.slim`): a
 whole pod (env, command, volumes, managedFields) costs tens of KB as Python objects, which made
 the operator's memory grow ~0.45 MB per job at scale (bench/operator_scale.py). Nodes are not
 cached at all, only the names of the NotReady ones.
@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubegraft.constants import LABEL_ATTEMPT, LABEL_JOB_NAME, LABEL_NODE_RANK
+from kubegraft.constants import LABEL_JOB_NAME
 from kubegraft.progress import ProgressReport
 from kubegraft_operator.kueue import WorkloadObservation, observe_workload
 from kubegraft_operator.observe import (
@@ -36,6 +36,7 @@ from kubegraft_operator.observe import (
     observe_progress,
     split_by_owner,
 )
+from kubegraft_operator.slim import slim_pod, slim_workload
 
 Key = tuple[str, str]
 """(namespace, job name)."""
@@ -61,71 +62,6 @@ def newer_or_equal(candidate: Mapping[str, Any], current: Mapping[str, Any] | No
         return True
     a, b = _rv(candidate), _rv(current)
     return a is None or b is None or a >= b
-
-
-_META_KEYS = (
-    "name",
-    "namespace",
-    "uid",
-    "resourceVersion",
-    "creationTimestamp",
-    "deletionTimestamp",
-)
-_LABEL_KEYS = (LABEL_JOB_NAME, LABEL_NODE_RANK, LABEL_ATTEMPT)
-_MESSAGE_KEYS = ("reason", "message")
-
-
-def _pick(obj: Mapping[str, Any], keys: tuple[str, ...]) -> Obj:
-    return {k: obj[k] for k in keys if k in obj}
-
-
-def _slim_meta(meta: Mapping[str, Any]) -> Obj:
-    out = _pick(meta, _META_KEYS)
-    out["labels"] = _pick(meta.get("labels") or {}, _LABEL_KEYS)
-    # Ownership is by the controller's UID (the name label is shared by every job ever
-    # created under that name): keep only that reference, and of it only the UID.
-    if uid := controller_uid(meta):
-        out["ownerReferences"] = [{"controller": True, "uid": uid}]
-    return out
-
-
-def _slim_container_status(cs: Mapping[str, Any]) -> Obj:
-    state = cs.get("state") or {}
-    slim: Obj = {}
-    if term := state.get("terminated"):
-        # exitCode always kept, so a terminated state stays truthy as observe_pod tests it
-        slim["terminated"] = {"exitCode": term.get("exitCode"), **_pick(term, _MESSAGE_KEYS)}
-    if waiting := state.get("waiting"):
-        slim["waiting"] = _pick(waiting, _MESSAGE_KEYS)
-    return {"name": cs.get("name"), "state": slim}
-
-
-def slim_pod(obj: Mapping[str, Any]) -> Obj:
-    """The part of a pod that :func:`.observe.observe_pod`, :func:`job_key`, the
-    resourceVersion/tombstone checks and :meth:`Store.put_node` read; the rest is dropped."""
-    status = obj.get("status") or {}
-    slim_status = _pick(status, ("phase", *_MESSAGE_KEYS))
-    if conds := status.get("conditions"):
-        slim_status["conditions"] = [_pick(c, ("type", "status", *_MESSAGE_KEYS)) for c in conds]
-    if statuses := status.get("containerStatuses"):
-        slim_status["containerStatuses"] = [_slim_container_status(cs) for cs in statuses]
-    node = (obj.get("spec") or {}).get("nodeName")
-    return {
-        "metadata": _slim_meta(obj.get("metadata") or {}),
-        "spec": {"nodeName": node} if node else {},
-        "status": slim_status,
-    }
-
-
-def slim_workload(obj: Mapping[str, Any]) -> Obj:
-    """A Workload reduced to what :func:`.kueue.observe_workload` reads."""
-    meta = obj.get("metadata") or {}
-    slim_meta = _slim_meta(meta)
-    slim_meta.update(_pick(meta, ("generation",)))
-    return {
-        "metadata": slim_meta,
-        "status": _pick(obj.get("status") or {}, ("conditions", "admission", "admissionChecks")),
-    }
 
 
 def _without_version(slim: Obj) -> Obj:

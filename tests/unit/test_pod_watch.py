@@ -4,11 +4,12 @@ reconciled with the cache (the real watch runs in every integration test)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from kubegraft_operator.pod_watch import Scope, lines, scopes
+from kubegraft_operator.pod_watch import Gone, Scope, lines, scopes, watch_error
 from kubegraft_operator.settings import watched_namespaces
 from kubegraft_operator.store import Store
 
@@ -48,6 +49,17 @@ def test_named_namespaces_get_a_watch_each_patterns_one_filtered_cluster_watch()
 def test_watch_events_are_split_on_newlines_across_chunks() -> None:
     chunks = [b'{"a":', b'1}\n{"b":2}\n\n{"c"', b":3}"]
     assert list(lines(iter(chunks))) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+
+
+def test_a_watch_error_is_gone_on_410_else_raised_with_the_api_message() -> None:
+    def error(code: int, message: str) -> bytes:
+        status = {"kind": "Status", "status": "Failure", "code": code, "message": message}
+        return json.dumps({"type": "ERROR", "object": status}).encode()
+
+    assert isinstance(watch_error("/p", error(410, "too old resource version")), Gone)
+    boom = watch_error("/api/v1/pods", error(500, "etcd is down"))
+    assert not isinstance(boom, Gone)
+    assert str(boom) == "WATCH /api/v1/pods: etcd is down"
 
 
 def _pod(name: str, uid: str, rv: int, phase: str = "Running", job: str = "j") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The watch cache keeps only what observe reads (store.slim_pod); reports by owner UID.
+"""The watch cache keeps only what observe reads (:mod:`.slim`); reports by owner UID.
 
 A rendered worker pod (the ``full`` golden case) is dressed up as the API server returns it
 (uid, resourceVersion, managedFields, a scheduled node, statuses); the slim copy must give the
@@ -18,7 +18,8 @@ import yaml
 from kubegraft.api.v1alpha1 import FineTuneJob
 from kubegraft_operator.observe import observe_pod, observe_pods, observe_progress
 from kubegraft_operator.render import render_pod
-from kubegraft_operator.store import Store, slim_pod
+from kubegraft_operator.slim import decode_pod, decode_pod_event, decode_pod_list, slim_pod
+from kubegraft_operator.store import Store
 
 pytestmark = pytest.mark.unit
 
@@ -151,9 +152,25 @@ def test_slim_pod_drops_the_bulky_parts_and_keeps_identity() -> None:
         "kubegraft.io/attempt",
     }
     term = slim["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert term == {"exitCode": 137, "reason": "OOMKilled"}
+    assert term == {"exitCode": 137, "reason": "OOMKilled", "message": None}
     assert len(json.dumps(slim)) * 5 < len(json.dumps(full))
     assert slim_pod(slim) == slim  # idempotent: API responses and watch events mix
+
+
+def test_the_api_json_decodes_straight_into_the_same_slim_pod() -> None:
+    """Watch events, LIST pages and create answers are decoded into the slim shape without
+    building the whole pod: the same shape as slim_pod of the whole pod, one definition."""
+    full = full_pod(STATUSES["oom-killed"], deleting=True)
+    slim = slim_pod(full)
+    assert decode_pod(json.dumps(full).encode()) == slim
+    event = json.dumps({"type": "MODIFIED", "object": full}).encode()
+    assert decode_pod_event(event) == ("MODIFIED", slim)
+    page = {"metadata": {"resourceVersion": "99", "continue": "next"}, "items": [full, full]}
+    assert decode_pod_list(json.dumps(page).encode()) == ([slim, slim], "next", "99")
+    assert decode_pod_list(b'{"metadata": {}, "items": []}') == ([], "", "")
+    # A watch ERROR carries a Status, not a pod: left to the caller's plain decoding.
+    gone = {"kind": "Status", "status": "Failure", "code": 410, "reason": "Expired"}
+    assert decode_pod_event(json.dumps({"type": "ERROR", "object": gone}).encode()) is None
 
 
 def test_store_caches_slim_pods_and_observes_the_same() -> None:
