@@ -33,6 +33,7 @@ from kubernetes.client import ApiClient, Configuration  # noqa: E402
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION, FineTuneJob  # noqa: E402
 from kubegraft_operator.apply import Api  # noqa: E402
 from kubegraft_operator.render import render_pods  # noqa: E402
+from kubegraft_operator.transport import Transport  # noqa: E402
 
 Obj = dict[str, Any]
 
@@ -53,18 +54,11 @@ def floor_pods(raw: Obj) -> list[Obj]:
     return pods
 
 
-def watch_events(api_client: ApiClient, path: str, rv: str) -> Iterator[Obj]:
+def watch_events(transport: Transport, path: str, rv: str) -> Iterator[Obj]:
     """The watch events of a collection from ``rv`` on (one connection, until it ends)."""
-    method, url, headers, _, _ = api_client.param_serialize(
-        "GET",
-        path,
-        query_params=[("watch", "1"), ("resourceVersion", rv), ("timeoutSeconds", "300")],
-        header_params={"Accept": "application/json"},
-        auth_settings=["BearerToken"],
-    )
-    resp = api_client.rest_client.pool_manager.request(
-        method, url, headers=headers, preload_content=False, timeout=urllib3.Timeout(connect=10)
-    )
+    query = {"watch": "1", "resourceVersion": rv, "timeoutSeconds": "300"}
+    timeout = urllib3.Timeout(connect=10)
+    resp = transport.send("GET", path, query=query, timeout=timeout, stream=True)
     try:
         for line in resp:
             if line.strip():
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(args.threads) as pool:
         rv = (api.request("list_jobs", "GET", path) or {})["metadata"]["resourceVersion"]
         while True:
-            for event in watch_events(api_client, path, rv):
+            for event in watch_events(api.transport, path, rv):
                 raw = event["object"]
                 rv = raw["metadata"]["resourceVersion"]
                 if event["type"] == "ADDED" and raw["metadata"]["uid"] not in seen:

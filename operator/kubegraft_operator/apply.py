@@ -23,8 +23,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.client.rest import RESTResponse
 
 from kubegraft.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubegraft.constants import LABEL_COMPONENT, LABEL_JOB_NAME
@@ -32,6 +35,7 @@ from kubegraft_operator import codec, kueue, metrics
 from kubegraft_operator.observe import controller_uid
 from kubegraft_operator.render import COMPONENT_CONFIG, COMPONENT_WORKER
 from kubegraft_operator.slim import decode_pod
+from kubegraft_operator.transport import JSON, Transport
 
 Obj = dict[str, Any]
 
@@ -68,9 +72,8 @@ _PATHS: dict[str, str] = {
     "LocalQueue": f"/apis/{kueue.API_VERSION}/namespaces/{{ns}}/localqueues",
 }
 """Collection path of each kind the operator writes (or reads: the output claim)."""
-JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
-REQUEST_TIMEOUT = 30.0
+TIMEOUT = urllib3.Timeout(total=30.0)
 
 
 def _is_config(obj: Obj) -> bool:
@@ -105,17 +108,17 @@ def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = 
 
 
 class Api:
-    """The requests the operator makes, as plain JSON over the kubernetes client's transport.
+    """The requests the operator makes, as plain JSON over :class:`.transport.Transport`
+    (the kubernetes client's connection pool and credentials, not its request path).
 
-    The client's ``ApiClient`` brings the kubeconfig / in-cluster auth, TLS and connection
-    pool; the generated ``CoreV1Api`` & co. are deliberately not used. Importing
-    ``core_v1_api`` alone costs ~80 MB of resident memory (a 4.5 MB module), half of the
-    operator's start-up footprint, and every typed call deserialises the answer into models
-    that we would only turn back into dicts (bench/operator_scale.py measured both).
+    The generated ``CoreV1Api`` & co. are deliberately not used. Importing ``core_v1_api``
+    alone costs ~80 MB of resident memory (a 4.5 MB module), half of the operator's start-up
+    footprint, and every typed call deserialises the answer into models that we would only
+    turn back into dicts (bench/operator_scale.py measured both).
     """
 
     def __init__(self, api_client: client.ApiClient) -> None:
-        self.api_client = api_client
+        self.transport = Transport(api_client)
 
     def request(
         self,
@@ -132,20 +135,12 @@ class Api:
         """One request; the JSON answer as a dict (``decode``: as a slim pod, for one).
         Statuses in ``ok`` return None; other errors are counted in the metrics and raised as
         the client's ``ApiException``."""
-        headers = {"Accept": JSON}
-        if body is not None:
-            headers["Content-Type"] = content_type
+        payload = None if body is None else orjson.dumps(body)
         try:
-            serialized = self.api_client.param_serialize(
-                method=method,
-                resource_path=path,
-                query_params=query or None,
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
+            resp = self.transport.send(
+                method, path, query=query, body=payload, content_type=content_type, timeout=TIMEOUT
             )
-            resp = self.api_client.call_api(*serialized, _request_timeout=REQUEST_TIMEOUT)
-            data: bytes = resp.read()  # type: ignore[no-untyped-call]
+            data: bytes = resp.data
         except Exception:
             metrics.API_ERRORS.labels(operation=operation, code="0").inc()
             raise
@@ -154,7 +149,7 @@ class Api:
                 return None
             metrics.API_ERRORS.labels(operation=operation, code=str(resp.status)).inc()
             text = data.decode("utf-8", "replace") if data else None
-            raise ApiException.from_response(http_resp=resp, body=text, data=None)
+            raise ApiException.from_response(http_resp=RESTResponse(resp), body=text, data=None)
         return decode(data) if data else {}
 
     # ------------------------------------------------------------------ reads

@@ -81,7 +81,7 @@ async def start_pod_watch(**_: Any) -> None:
     """The worker pods' watch (after :func:`startup`), on the namespaces kopf was given, and
     wait for its first LIST: daemons of existing jobs then start from a full cache."""
     watch = PodWatch(
-        _state["reconciler"].api.api_client,
+        _state["reconciler"].api.transport,
         STORE,
         asyncio.get_running_loop(),
         settings.watched_namespaces(sys.argv[1:]),

@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 import urllib3
 from kopf._cogs.structs.references import (
@@ -34,11 +33,11 @@ from kopf._cogs.structs.references import (
     match_namespace,
     select_specific_namespaces,
 )
-from kubernetes import client
 
 from kubegraft_operator import codec, settings
 from kubegraft_operator.slim import decode_pod_event, decode_pod_list
 from kubegraft_operator.store import Store
+from kubegraft_operator.transport import Transport
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -116,12 +115,12 @@ class PodWatch:
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        transport: Transport,
         store: Store,
         loop: asyncio.AbstractEventLoop,
         namespaces: list[str] | None,
     ) -> None:
-        self.api_client = api_client
+        self.transport = transport
         self.store = store
         self.loop = loop
         self.scopes = scopes(namespaces)
@@ -189,15 +188,9 @@ class PodWatch:
     def _request(
         self, path: str, query: dict[str, str], *, stream: bool
     ) -> urllib3.BaseHTTPResponse:
-        cfg = self.api_client.configuration
-        headers = {"Accept": "application/json", **self.api_client.default_headers}
-        for auth in cfg.auth_settings().values():  # the bearer token, refreshed as it rotates
-            if auth["in"] == "header" and auth["value"]:
-                headers[auth["key"]] = auth["value"]
-        url = f"{cfg.host}{path}?{urlencode(query)}"
-        pool = self.api_client.rest_client.pool_manager
         timeout = urllib3.Timeout(connect=10.0, read=READ_TIMEOUT if stream else 60.0)
-        return pool.request("GET", url, headers=headers, preload_content=False, timeout=timeout)
+        # Body left unread either way: the caller reads a LIST page, iterates a WATCH.
+        return self.transport.send("GET", path, query=query, timeout=timeout, stream=True)
 
     def _list(self, scope: Scope, first: bool) -> str:
         """LIST the scope's worker pods (paged) into the store; their resourceVersion."""
