@@ -242,6 +242,43 @@ def test_a_pod_event_wakes_the_job_only_when_something_a_decision_reads_changed(
     assert store.put_pod_event(copy.deepcopy(running), deleted=True) == (key, True)
 
 
+def _next_version(pod: dict[str, Any], **status: Any) -> dict[str, Any]:
+    later = copy.deepcopy(pod)
+    later["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
+    later["status"].update(status)
+    return later
+
+
+def test_a_binding_wakes_the_job_only_when_its_node_is_not_ready() -> None:
+    """decide reads a pod's node only against the NotReady nodes: the scheduler's binding
+    to a Ready node (nodeName, PodScheduled, Initialized) is no reason for a pass, a binding
+    to a NotReady one is, and so is the node turning NotReady later (put_node)."""
+    store = Store()
+    pending = full_pod({"phase": "Pending"})
+    del pending["spec"]["nodeName"]
+    key, changed = store.put_pod_event(copy.deepcopy(pending))
+    assert key is not None
+    assert changed
+    bound = _next_version(pending, conditions=[{"type": "PodScheduled", "status": "True"}])
+    bound["spec"]["nodeName"] = "node-7"
+    assert store.put_pod_event(copy.deepcopy(bound)) == (key, False)
+    assert store.pods[key][bound["metadata"]["name"]]["spec"] == {"nodeName": "node-7"}
+    lost = {"metadata": {"name": "node-7"}, "status": {"conditions": [{"type": "Ready"}]}}
+    assert store.put_node(lost) == [key]
+    # a pod bound to a node already NotReady: that is a decision's business at once
+    other = copy.deepcopy(pending)
+    other["metadata"].update(name="other", uid="other-uid")
+    assert store.put_pod_event(copy.deepcopy(other)) == (key, True)
+    other_bound = _next_version(other)
+    other_bound["spec"]["nodeName"] = "node-7"
+    assert store.put_pod_event(other_bound) == (key, True)
+    # Running and Ready: a decision reads both
+    running = _next_version(bound, phase="Running")
+    assert store.put_pod_event(copy.deepcopy(running)) == (key, True)
+    ready = _next_version(running, conditions=[{"type": "Ready", "status": "True"}])
+    assert store.put_pod_event(ready) == (key, True)
+
+
 def test_a_stopping_daemon_does_not_take_a_new_same_named_job_with_it() -> None:
     # No finalizer: a job of the same name may have its daemon before the old one stopped.
     store = Store()
