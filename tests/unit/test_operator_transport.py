@@ -63,7 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer()
 
     def log_message(self, *_: Any) -> None:
-        pass
+        """Quiet: http.server would print a line per request to stderr."""
 
 
 @pytest.fixture
