@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import logging
 import time
@@ -32,8 +31,8 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
+from kubegraft_operator import codec, kueue, metrics, settings, status_writes
 from kubegraft_operator import conditions as cond
-from kubegraft_operator import kueue, metrics, settings, status_writes
 from kubegraft_operator.apply import Api, merge_patch
 from kubegraft_operator.decide import (
     CONFIRM_SECONDS,
@@ -431,7 +430,7 @@ class Reconciler:
         last write's."""
         raw = _snapshot(live_body)
         if last_written is not None and newer_or_equal(last_written, raw):
-            raw["status"] = copy.deepcopy(last_written.get("status") or {})
+            raw["status"] = codec.copy(last_written.get("status") or {})
         if (raw.get("metadata") or {}).get("deletionTimestamp"):
             return None
         pool = self.starter if not raw.get("status") else self.executor
@@ -465,7 +464,7 @@ def _snapshot(body: Mapping[str, Any]) -> Obj:
     """A private copy of the job for a pass in a worker thread (kopf keeps updating the live
     body), without ``managedFields``: no pass reads them, and they were the bulk of the copy."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-    return copy.deepcopy(
+    return codec.copy(  # type: ignore[no-any-return]
         {
             "apiVersion": body.get("apiVersion"),
             "kind": body.get("kind"),

@@ -31,6 +31,17 @@ def test_orjson_decodes_to_the_same_values_as_the_standard_library() -> None:
     assert codec.ORJSON_JSON.JSONDecodeError is json.JSONDecodeError
 
 
+def test_a_copy_is_equal_and_shares_nothing_with_the_original() -> None:
+    from kubegraft_operator import codec
+
+    copied = codec.copy(POD_EVENT)
+    assert copied == POD_EVENT
+    copied["object"]["metadata"]["labels"]["kubegraft.io/node-rank"] = "1"
+    copied["object"]["status"]["containerStatuses"].append({})
+    assert POD_EVENT["object"]["metadata"]["labels"] == {"kubegraft.io/node-rank": "0"}
+    assert len(POD_EVENT["object"]["status"]["containerStatuses"]) == 1
+
+
 def test_kopf_watch_stream_decodes_with_orjson_once_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
