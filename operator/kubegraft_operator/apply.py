@@ -64,6 +64,7 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Obj:
 
 _PATHS: dict[str, str] = {
     "Pod": "/api/v1/namespaces/{ns}/pods",
+    "Event": "/api/v1/namespaces/{ns}/events",
     "Service": "/api/v1/namespaces/{ns}/services",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
@@ -244,6 +245,12 @@ class Api:
             "delete_pod", "DELETE", _path("Pod", namespace, name), body=options, ok=(404,)
         )
         return res if res is not None and res.get("kind") == "Pod" else None
+
+    def create_event(self, event: Obj) -> None:
+        """Post a core/v1 Event (:func:`.events.event_body`)."""
+        self.request(
+            "create_event", "POST", _path("Event", event["metadata"]["namespace"]), body=event
+        )
 
     def patch_status(self, namespace: str, name: str, patch: Obj) -> Obj:
         """ONE merge patch of the job's status subresource; returns the updated job."""

@@ -42,6 +42,7 @@ from kubegraft_operator.decide import (
     claim_to_check,
     decide,
 )
+from kubegraft_operator.events import event_body
 from kubegraft_operator.observe import (
     Observation,
     controller_uid,
@@ -142,8 +143,28 @@ class Reconciler:
     def reconcile_once(
         self, raw: Obj, observed: Observation, now: datetime, held_for: float | None = None
     ) -> Outcome:
-        """Decide and apply; runs in a worker thread with snapshots only. ``held_for``: how
-        long a counters-only status change has been waiting (:mod:`.status_writes`)."""
+        """Decide, apply, write the status, then post the pass's Events (only once all that
+        succeeded); runs in a worker thread with snapshots only. ``held_for``: how long a
+        counters-only status change has been waiting (:mod:`.status_writes`)."""
+        outcome = self._decide_and_apply(raw, observed, now, held_for)
+        self._post_events(raw, outcome.events)
+        return outcome
+
+    def _post_events(self, raw: Obj, events: list[Event]) -> None:
+        """Our own requests (:mod:`.events`), not kopf's poster; a failure is logged only."""
+        for ev in events:
+            body = event_body(
+                raw, ev, now=datetime.now(UTC), instance=settings.reporting_instance()
+            )
+            try:
+                self.api.create_event(body)
+            except Exception as e:
+                name = raw["metadata"]["name"]
+                log.warning(f"posting the Event {ev.reason} on {name} failed ({_summary(e)})")
+
+    def _decide_and_apply(
+        self, raw: Obj, observed: Observation, now: datetime, held_for: float | None
+    ) -> Outcome:
         meta = raw.get("metadata") or {}
         ns, name = meta["namespace"], meta["name"]
         try:
@@ -396,10 +417,7 @@ class Reconciler:
                     metrics.RECONCILES.labels(result="error").inc()
                     delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
                     failures += 1
-                    summary = (
-                        f"{type(e).__name__}: {getattr(e, 'status', '')} {getattr(e, 'reason', e)}"
-                    )
-                    logger.warning(f"reconcile failed ({summary}); retrying in {delay:g}s")
+                    logger.warning(f"reconcile failed ({_summary(e)}); retrying in {delay:g}s")
                 finally:
                     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
                 timeout = RESYNC_SECONDS if delay is None else min(delay, RESYNC_SECONDS)
@@ -446,9 +464,13 @@ class Reconciler:
             self.store.put_pod(pod)
         for workload in outcome.workloads:
             self.store.put_workload(workload)
-        _post_events(live_body, outcome.events)
         metrics.set_job_state(key, outcome.state)
         return outcome
+
+
+def _summary(e: Exception) -> str:
+    """An error in one line for the log: its type, and an API error's status and reason."""
+    return f"{type(e).__name__}: {getattr(e, 'status', '')} {getattr(e, 'reason', e)}"
 
 
 async def _wake_when_stopped(stopped: Any, wake: asyncio.Event) -> None:
@@ -483,11 +505,3 @@ def _version_and_status(job: Mapping[str, Any]) -> Obj:
         "metadata": {"resourceVersion": meta.get("resourceVersion")},
         "status": job.get("status"),
     }
-
-
-def _post_events(live_body: Mapping[str, Any], events: list[Event]) -> None:
-    """Events go out only after the status write succeeded (reconcile_once returned)."""
-    if not events:
-        return
-    for ev in events:
-        kopf.event(live_body, type=ev.type, reason=ev.reason, message=ev.message[:1024])  # type: ignore[arg-type]

@@ -40,6 +40,8 @@ ENV_TRAINER_IMAGE = "KUBEGRAFT_TRAINER_IMAGE"
 """The trainer image for jobs that set no ``spec.pod.image`` (the Helm chart's
 ``trainer.image``); unset means the API's default."""
 FINALIZER = f"{GROUP}/operator"
+REPORTING_COMPONENT = "kubegraft-operator"
+"""The controller that reports the jobs' Events (:mod:`.events`; kopf's settings name it too)."""
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -111,6 +113,12 @@ def watched_namespaces(argv: list[str]) -> list[str] | None:
     return [ns for ns in found if ns] or None
 
 
+def reporting_instance() -> str:
+    """Which operator process reported an Event: the pod's name (the chart sets ``POD_NAME``),
+    else the host's."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Apply our settings (called from the on.startup handler in :mod:`.main`)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -121,8 +129,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.lifetime = int(os.environ.get(ENV_LIFETIME, "60"))
     settings.peering.stealth = True
     settings.posting.loggers = False
-    settings.posting.reporting_component = "kubegraft-operator"
-    settings.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+    settings.posting.reporting_component = REPORTING_COMPONENT
+    settings.posting.reporting_instance = reporting_instance()
     settings.posting.level = logging.INFO
     # Reconnect quickly after an API server restart; keep watch connections recycled.
     settings.watching.server_timeout = 300
