@@ -30,7 +30,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, JobState
+from kubegraft.api.v1alpha1 import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, JobState
 from kubegraft_operator import codec, kueue, metrics, settings, status_writes
 from kubegraft_operator import conditions as cond
 from kubegraft_operator.apply import Api, merge_patch
@@ -82,7 +82,8 @@ def _clean_status(raw: Mapping[str, Any] | None) -> Obj:
     return dict(raw or {})
 
 
-def _job_from(raw: Mapping[str, Any]) -> FineTuneJob:
+def _job_from(raw: Mapping[str, Any], spec: FineTuneJobSpec | None = None) -> FineTuneJob:
+    """The job as a model; ``spec``: its spec validated already (:class:`ValidSpecs`)."""
     return FineTuneJob.model_validate(
         {
             "apiVersion": raw.get("apiVersion"),
@@ -90,10 +91,43 @@ def _job_from(raw: Mapping[str, Any]) -> FineTuneJob:
             "metadata": dict(raw.get("metadata") or {}),
             "spec": settings.with_default_image(
                 dict(raw.get("spec") or {}), settings.trainer_image()
-            ),
+            )
+            if spec is None
+            else spec,
             "status": FineTuneJobStatus.model_validate(raw.get("status") or {}),
         }
     )
+
+
+class ValidSpecs:
+    """Each job's spec, validated once per generation rather than on every pass.
+
+    Validating the spec (pydantic, with the Python twins of the CRD's CEL rules) was 5-6 % of
+    the operator's GIL-holding samples at 1000 jobs (bench/operator_scale.py, issue 12), for a
+    spec that only changes with ``metadata.generation``. The model is shared by the job's
+    passes and never changed: decisions copy the status they change, and rendered objects
+    share nothing with it (``tests/unit/test_render.py``). Entries go when the job's daemon
+    stops; passes of one job never overlap (one daemon), so no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, tuple[Any, str | None, FineTuneJobSpec]] = {}
+
+    def job(self, raw: Mapping[str, Any]) -> FineTuneJob:
+        """The job as a model (raises ValidationError as :func:`_job_from` does)."""
+        meta = raw.get("metadata") or {}
+        uid, generation, image = meta.get("uid"), meta.get("generation"), settings.trainer_image()
+        hit = self._by_uid.get(uid) if uid else None
+        if hit is not None and hit[:2] == (generation, image):
+            return _job_from(raw, hit[2])
+        job = _job_from(raw)  # the whole object: errors name the field from ``spec.`` on
+        if uid and generation is not None:
+            self._by_uid[uid] = (generation, image, job.spec)
+        return job
+
+    def forget(self, uid: str | None) -> None:
+        if uid:
+            self._by_uid.pop(uid, None)
 
 
 def _invalid_spec_status(
@@ -132,6 +166,7 @@ class Reconciler:
         # The creates of one wave go out in parallel (one round trip instead of N). Their own
         # pool: a reconcile waiting on tasks queued in its own executor could deadlock it.
         self.fanout = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="create")
+        self.specs = ValidSpecs()
 
     # -------------------------------------------------------------- sync part
     def seed(self, key: Key) -> list[Obj]:
@@ -168,7 +203,7 @@ class Reconciler:
         meta = raw.get("metadata") or {}
         ns, name = meta["namespace"], meta["name"]
         try:
-            job = _job_from(raw)
+            job = self.specs.job(raw)
         except ValidationError as e:
             status = _invalid_spec_status(raw, e, now)
             written = self._write_status(ns, name, raw, status)
@@ -431,6 +466,7 @@ class Reconciler:
             elif reason is None or not reason & kopf.DaemonStoppingReason.FILTERS_MISMATCH:
                 metrics.set_job_state(key, None)  # gone (a finished job stays counted)
             self.store.forget(key, wake)
+            self.specs.forget(uid)
 
     async def _seed(self, key: Key) -> None:
         pods = await asyncio.get_running_loop().run_in_executor(self.executor, self.seed, key)

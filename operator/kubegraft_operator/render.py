@@ -36,7 +36,7 @@ from kubegraft.constants import (
 from kubegraft.cpu_share import parse_cpu_quantity
 from kubegraft.launch import build_launch
 from kubegraft.progress import ENV_PROGRESS_TOKEN_FILE, PROGRESS_AUDIENCE, PROGRESS_TOKEN_DIR
-from kubegraft_operator import names
+from kubegraft_operator import codec, names
 
 try:  # libyaml's emitter (PyYAML's wheels have it): same output, ~10x faster than pure Python,
     # whose emitter was ~4% of the operator's CPU at 300 jobs (py-spy --gil)
@@ -185,6 +185,13 @@ def render_config_map(job: FineTuneJob, *, namespace: str, uid: str) -> Obj:
     }
 
 
+def _copy(user_objects: Any) -> Any:
+    """A copy of objects the user wrote in the spec (env, volumes, tolerations, affinity):
+    the operator validates a job's spec once per generation and keeps the model
+    (reconciler.ValidSpecs), so nothing rendered may be the spec's own dicts or lists."""
+    return codec.copy(user_objects)
+
+
 def _resources(job: FineTuneJob) -> Obj:
     """The user's requests/limits plus ``nvidia.com/gpu`` (an extended resource: limits are
     what counts and requests must equal them)."""
@@ -240,7 +247,7 @@ def _env(
         # A file in a Secret volume, not an environment variable: the environment is copied
         # into every child process, crash reports and `ps e`; a file is read when needed.
         env.append({"name": HF_TOKEN_PATH_ENV, "value": f"{HF_TOKEN_DIR}/{HF_TOKEN_FILE}"})
-    env.extend(job.spec.pod.env)
+    env.extend(_copy(job.spec.pod.env))
     return env
 
 
@@ -338,7 +345,7 @@ def render_pod(
                 if spec.model.token_secret_ref is not None
                 else []
             ),
-            *p.volume_mounts,
+            *_copy(p.volume_mounts),
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -377,7 +384,7 @@ def render_pod(
             {"name": "kubegraft-cache", "emptyDir": {}},
             *([_progress_token_volume()] if rank == 0 else []),
             *_token_volume(job),
-            *p.volumes,
+            *_copy(p.volumes),
         ],
     }
     if p.scheduler_name:
@@ -387,9 +394,9 @@ def render_pod(
     if p.node_selector:
         pod_spec["nodeSelector"] = dict(p.node_selector)
     if p.tolerations:
-        pod_spec["tolerations"] = list(p.tolerations)
+        pod_spec["tolerations"] = _copy(p.tolerations)
     if p.affinity:
-        pod_spec["affinity"] = p.affinity
+        pod_spec["affinity"] = _copy(p.affinity)
     if p.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in p.image_pull_secrets]
     annotations = {**(SCRAPE_ANNOTATIONS if rank == 0 else {}), **p.annotations}

@@ -73,6 +73,29 @@ def test_render_is_pure_and_deterministic(case: str) -> None:
     assert job.model_dump() == before
 
 
+def _scribble(value: Any) -> None:
+    """Change every dict and list inside ``value`` in place."""
+    if isinstance(value, dict):
+        for v in list(value.values()):
+            _scribble(v)
+        value["scribbled"] = True
+    elif isinstance(value, list):
+        for v in value:
+            _scribble(v)
+        value.append("scribbled")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_rendered_objects_share_nothing_with_the_job(case: str) -> None:
+    # The operator validates a job's spec once per generation and renders from that one
+    # model on every gang (reconciler._job_from): what is done to a rendered object (rank 0's
+    # progress environment, ...) must never reach the spec it came from.
+    job = load(case)
+    before = job.model_dump()
+    _scribble(rendered(job))
+    assert job.model_dump() == before
+
+
 def test_basic_pods_rendezvous_labels_and_gpus() -> None:
     job = load("basic")
     objs = rendered(job, attempt=3)

@@ -3,7 +3,10 @@ $KUBEGRAFT_TRAINER_IMAGE) is what jobs without ``spec.pod.image`` run; a job's o
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from pydantic import ValidationError
 
 from kubegraft_operator import reconciler, settings
 
@@ -37,3 +40,29 @@ def test_job_image_wins_over_the_default(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_without_the_setting_the_api_default_stays(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(settings.ENV_TRAINER_IMAGE, raising=False)
     assert reconciler._job_from(RAW).spec.pod.image == "ghcr.io/kubegraft/trainer:0.1.0"
+
+
+def _versioned(generation: int, spec: dict[str, Any]) -> dict[str, Any]:
+    meta = {**RAW["metadata"], "uid": "u-1", "generation": generation}
+    return {**RAW, "metadata": meta, "spec": spec}
+
+
+def test_a_spec_is_validated_once_per_generation() -> None:
+    specs = reconciler.ValidSpecs()
+    first = specs.job(_versioned(1, RAW["spec"]))
+    again = specs.job({**_versioned(1, RAW["spec"]), "status": {"state": "Pending"}})
+    assert again.spec is first.spec  # the same model: not validated again
+    assert again.status is not None
+    assert again.status.state == "Pending"  # the status is validated on every pass
+    moved = {**RAW["spec"], "pod": {"image": "mine:2"}}
+    assert specs.job(_versioned(2, moved)).spec.pod.image == "mine:2"  # a new generation: validated
+    specs.forget("u-1")
+    assert specs.job(_versioned(2, moved)).spec is not first.spec
+
+
+def test_an_invalid_spec_fails_on_every_pass_and_names_the_field() -> None:
+    specs = reconciler.ValidSpecs()
+    bad = _versioned(1, {**RAW["spec"], "distributed": {"nodes": 0}})
+    for _ in range(2):  # never cached
+        with pytest.raises(ValidationError, match=r"spec\.distributed\.nodes"):
+            specs.job(bad)
