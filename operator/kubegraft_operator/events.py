@@ -1,7 +1,9 @@
-"""The job's Events (``kubectl describe``, ``kubectl events``), posted by the pass itself.
+"""The job's Events (``kubectl describe``, ``kubectl events``), posted by the operator itself.
 
-A pass posts its Events in its worker thread, through the same transport as its other
-requests (:mod:`.transport`), once its status write succeeded. kopf's poster did this before:
+A pass hands its Events, once its status write succeeded, to the operator's Event threads,
+which post them through the same transport as its other requests (:mod:`.transport`); the
+pass does not wait for them (in the pass, each held a reconcile thread one round trip longer,
+and a burst's passes queued for threads). kopf's poster did this before:
 a queue, a task per Event and an aiohttp request on kopf's event loop, 6.3 % of the
 operator's GIL-holding samples at 1000 jobs (py-spy, bench/operator_scale.py), all of it on the
 one thread that also decodes kopf's watch events and runs every daemon (issue 12).

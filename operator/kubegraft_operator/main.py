@@ -50,8 +50,9 @@ def _api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     cfg = client.Configuration.get_default_copy()
-    # the reconcile and first-pass threads + the create threads they fan out to (Reconciler)
-    cfg.connection_pool_maxsize = 3 * settings.reconcile_threads()
+    # the reconcile and first-pass threads, the create threads they fan out to, and the Event
+    # threads (Reconciler)
+    cfg.connection_pool_maxsize = 4 * settings.reconcile_threads()
     return client.ApiClient(cfg)
 
 
