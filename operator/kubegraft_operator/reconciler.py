@@ -189,21 +189,21 @@ class Reconciler:
         (:mod:`.status_writes`)."""
         outcome = self._decide_and_apply(raw, observed, now, held_for)
         if outcome.events:
-            self.poster.submit(self._post_events, raw, outcome.events)
+            # Stamped now, by the pass, so that ``kubectl events`` orders them by when they
+            # happened, however late a busy API server takes them.
+            stamp, instance = datetime.now(UTC), settings.reporting_instance()
+            bodies = [event_body(raw, ev, now=stamp, instance=instance) for ev in outcome.events]
+            self.poster.submit(self._post_events, bodies)
         return outcome
 
-    def _post_events(self, raw: Obj, events: list[Event]) -> None:
-        """Our own requests (:mod:`.events`), not kopf's poster; a failure is logged only. The
-        pass's time stamps them, so ``kubectl events`` orders them by when they happened."""
-        for ev in events:
-            body = event_body(
-                raw, ev, now=datetime.now(UTC), instance=settings.reporting_instance()
-            )
+    def _post_events(self, bodies: list[Obj]) -> None:
+        """Our own requests (:mod:`.events`), not kopf's poster; a failure is logged only."""
+        for body in bodies:
             try:
                 self.api.create_event(body)
             except Exception as e:
-                name = raw["metadata"]["name"]
-                log.warning(f"posting the Event {ev.reason} on {name} failed ({_summary(e)})")
+                what = f"{body['reason']} on {body['involvedObject']['name']}"
+                log.warning(f"posting the Event {what} failed ({_summary(e)})")
 
     def _decide_and_apply(
         self, raw: Obj, observed: Observation, now: datetime, held_for: float | None
