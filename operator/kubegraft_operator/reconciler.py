@@ -84,16 +84,15 @@ def _clean_status(raw: Mapping[str, Any] | None) -> Obj:
 
 def _job_from(raw: Mapping[str, Any], spec: FineTuneJobSpec | None = None) -> FineTuneJob:
     """The job as a model; ``spec``: its spec validated already (:class:`ValidSpecs`)."""
+    given: FineTuneJobSpec | dict[str, Any] | None = spec
+    if given is None:
+        given = settings.with_default_image(dict(raw.get("spec") or {}), settings.trainer_image())
     return FineTuneJob.model_validate(
         {
             "apiVersion": raw.get("apiVersion"),
             "kind": raw.get("kind"),
             "metadata": dict(raw.get("metadata") or {}),
-            "spec": settings.with_default_image(
-                dict(raw.get("spec") or {}), settings.trainer_image()
-            )
-            if spec is None
-            else spec,
+            "spec": given,
             "status": FineTuneJobStatus.model_validate(raw.get("status") or {}),
         }
     )
@@ -171,6 +170,7 @@ class Reconciler:
         # burst's gangs turn Running together the passes queued for threads (status Running
         # p99 0.8-3.3 s -> 5.0-5.8 s after all pods ran, bench/README.md).
         self.poster = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="event")
+        self.instance = settings.reporting_instance()  # who reports this process's Events
         self.specs = ValidSpecs()
 
     # -------------------------------------------------------------- sync part
@@ -191,8 +191,8 @@ class Reconciler:
         if outcome.events:
             # Stamped now, by the pass, so that ``kubectl events`` orders them by when they
             # happened, however late a busy API server takes them.
-            stamp, instance = datetime.now(UTC), settings.reporting_instance()
-            bodies = [event_body(raw, ev, now=stamp, instance=instance) for ev in outcome.events]
+            stamp = datetime.now(UTC)
+            bodies = [event_body(raw, e, now=stamp, instance=self.instance) for e in outcome.events]
             self.poster.submit(self._post_events, bodies)
         return outcome
 
