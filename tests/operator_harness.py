@@ -11,12 +11,15 @@ packages users run have no fault-injection seams).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -366,12 +369,11 @@ _TLS_DIR: list[Path] = []
 def progress_tls_dir() -> Path:
     """A CA and a certificate for 127.0.0.1 signed by it (``ca.crt``, ``tls.crt``, ``tls.key``)
     for the operator's progress endpoint, made once per test process with openssl, as the Helm
-    chart makes one per installation."""
+    chart makes one per installation; removed when the process exits (it holds a CA key)."""
     if _TLS_DIR:
         return _TLS_DIR[0]
-    import tempfile
-
     d = Path(tempfile.mkdtemp(prefix="kubegraft-progress-tls-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=d)  # noqa: E731
     run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3",
@@ -411,8 +413,6 @@ def post_progress(url: str, body: str, token: str, ca: str | None = None) -> Non
     """One progress report POSTed to the operator's endpoint ``url``, as rank 0's sink sends
     it (raises urllib's HTTPError on a refusal): for tests that play rank 0. ``ca``: the PEM
     rank 0 trusts (default: the test CA)."""
-    import tempfile
-
     from kubegraft.progress import OperatorSink
 
     with tempfile.NamedTemporaryFile("w", suffix=".token") as f:
