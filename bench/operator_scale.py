@@ -151,9 +151,25 @@ class RoundResult:
     latency_ms: list[tuple[str, float]] = field(default_factory=list)
     steady: SteadyResult | None = None
     """The steady phase after the burst (``--steady``), when there was one."""
+    quiet: QuietResult | None = None
+    """The quiet window after the burst (``--quiet``), when there was one."""
     restarted: int = 0
     """Jobs of the burst whose gang was restarted (more pods seen than one gang has: a fake
     node lost under load, say); non-zero means the round did more than the burst's work."""
+
+
+@dataclass
+class QuietResult:
+    """The burst's jobs resident (Running) with nothing arriving: what keeping them costs."""
+
+    seconds: float
+    resident: int
+    cpu_ms_per_second: float
+    """The controller's CPU over the window, in ms per second (10 = 1 % of a core)."""
+    reconciles_per_second: float
+    own_requests_per_second: float
+    requests_per_second: float
+    """All clients' requests (kwok's heartbeats, the controllers' leases): how quiet it was."""
 
 
 @dataclass
@@ -814,9 +830,12 @@ def run_round(
     peer: tuple[Path, Path] | None = None,
     clean_up: bool = False,
     steady: tuple[float, float] | None = None,
+    quiet: float = 0.0,
 ) -> RoundResult:
-    """One burst of ``n`` jobs for one controller; with ``steady`` (rate, seconds), then jobs
-    at that rate for that long while the burst's jobs stay resident."""
+    """One burst of ``n`` jobs for one controller; with ``quiet`` seconds, then a window with
+    the burst's jobs resident and nothing arriving (what their upkeep costs); with ``steady``
+    (rate, seconds), then jobs at that rate for that long while the burst's jobs stay
+    resident."""
     ns = f"bench-{n}-{secrets.token_hex(2)}"
     spaces = [ns] if controller.shards == 1 else [f"{ns}-{i}" for i in range(controller.shards)]
     for space in spaces:
@@ -937,6 +956,30 @@ def run_round(
             )
         burst_running = done(names) if controller.waits_for_running else 0
         rss = peak_rss_now()  # the burst's peak, before any steady jobs
+        mark = after  # the counters where the next phase starts
+        quiet_result: QuietResult | None = None
+        if quiet > 0 and done(names) == n:
+            log(f"quiet: {n} jobs resident, nothing arriving, for {quiet:g}s")
+            cpu_q, t_q = cpu_now(), time.monotonic()
+            # A window of fixed length is the measurement itself (a resync period of the
+            # resident jobs), not a stand-in for waiting on a condition.
+            time.sleep(quiet)
+            elapsed = time.monotonic() - t_q
+            cpu_q = cpu_now() - cpu_q
+            passes = (
+                sum(o.metric("kubegraft_operator_reconcile_duration_seconds_count") for o in ops)
+                if ops
+                else math.nan
+            )
+            mark = settled_counts(server, ctx)
+            quiet_result = QuietResult(
+                seconds=elapsed,
+                resident=n,
+                cpu_ms_per_second=1000 * cpu_q / elapsed,
+                reconciles_per_second=(passes - reconciles) / elapsed,
+                own_requests_per_second=mark.minus(after).operator / elapsed,
+                requests_per_second=mark.minus(after).total / elapsed,
+            )
         steady_result: SteadyResult | None = None
         if steady is not None and has_steady(controller) and done(names) == n:
             rate, seconds = steady
@@ -962,7 +1005,7 @@ def run_round(
                     [t - created[j] for j in more if (t := rec.job_running.get(j)) is not None]
                 ),
                 cpu_ms_per_job=1000 * (cpu_now() - cpu1) / len(more),
-                own_requests_per_job=after_steady.minus(after).operator / len(more),
+                own_requests_per_job=after_steady.minus(mark).operator / len(more),
                 peak_rss_mb=peak_rss_now(),
                 restarted=rec.restarted(more),
             )
@@ -1043,6 +1086,7 @@ def run_round(
             if not k.startswith("WATCH") and not math.isnan(diff.mean_ms(k))
         ],
         steady=steady_result,
+        quiet=quiet_result,
         restarted=rec.restarted(names),
     )
 
@@ -1062,6 +1106,19 @@ def steady_report(results: list[RoundResult]) -> str:
             f" gangs restarted {st.restarted}"
         )
     return "steady load:\n" + "\n".join(lines) if lines else ""
+
+
+def quiet_report(results: list[RoundResult]) -> str:
+    """The quiet windows: what the resident jobs cost while nothing happens to them."""
+    lines = [
+        f"  {r.controller}: {q.resident} jobs resident for {q.seconds:.0f} s: CPU"
+        f" {q.cpu_ms_per_second:.1f} ms/s ({q.cpu_ms_per_second / 10:.1f} % of a core),"
+        f" {q.reconciles_per_second:.1f} reconciles/s, own requests"
+        f" {q.own_requests_per_second:.2f}/s (all clients {q.requests_per_second:.1f}/s)"
+        for r in results
+        if (q := r.quiet) is not None
+    ]
+    return "resident, nothing arriving:\n" + "\n".join(lines) if lines else ""
 
 
 # ----------------------------------------------------------------------------- report
@@ -1271,6 +1328,14 @@ def main(argv: list[str] | None = None) -> int:
         help="after the operator's and the floor's bursts, RATE jobs/s for SECONDS more while"
         " the burst stays resident",
     )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after each burst (before --steady), a window of SECONDS with the burst resident"
+        " and nothing arriving: the controller's CPU, reconciles and requests for its upkeep",
+    )
     args = parser.parse_args(argv)
     sizes = [10] if args.quick else [int(x) for x in args.jobs.split(",") if x.strip()]
     steady: tuple[float, float] | None = None
@@ -1326,6 +1391,7 @@ def main(argv: list[str] | None = None) -> int:
                     peer=peer,
                     clean_up=bool(args.cluster),  # someone else's cluster: leave it as it was
                     steady=steady,
+                    quiet=args.quiet,
                 )
                 results.append(r)
                 print(table([r]), flush=True)
@@ -1345,6 +1411,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(where_the_time_goes(results))
     print()
+    print(quiet_report(results))
     print(steady_report(results))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
