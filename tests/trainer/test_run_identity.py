@@ -123,3 +123,25 @@ def test_an_architecture_mismatch_at_load_is_a_configuration_error(
     message = str(_status(out)["message"])
     assert message.startswith("spec.model: ")
     assert "does not fit this model" in message
+
+
+def test_the_job_yaml_the_operator_renders_trains_and_carries_the_uid(
+    tmp_path: Path, assets: tuple[Path, Path]
+) -> None:
+    """The trainer reads the operator's ConfigMap as it is rendered (JSON written for YAML
+    1.1 readers, kubegraft_operator.json_yaml), exponent floats and all."""
+    from kubegraft.api.v1alpha1 import FineTuneJob
+    from kubegraft.constants import CONFIG_FILE
+    from kubegraft_operator.render import render_config_map
+
+    manifest = _job(tmp_path / "manifest.yaml", tmp_path / "out", assets, uid="unused")
+    doc = yaml.safe_load(manifest.read_text())
+    doc["spec"]["training"].update(learningRate=1e-6, weightDecay=2e-20)  # orjson: 1e-6, 2e-20
+    job = FineTuneJob.model_validate(doc)
+    cm = render_config_map(job, namespace="team-a", uid="uid-rendered")
+    assert '"learningRate": 1.0e-6' in cm["data"][CONFIG_FILE]
+    cfg = tmp_path / CONFIG_FILE
+    cfg.write_text(cm["data"][CONFIG_FILE])
+    assert run_single(cfg) == 0, log_text(cfg)
+    saved = read_trainer_state(latest_checkpoint(tmp_path / "out" / "checkpoints"))  # type: ignore[arg-type]
+    assert saved["run"]["job_uid"] == "uid-rendered"

@@ -215,6 +215,19 @@ def test_service_is_headless_and_config_holds_the_spec() -> None:
     assert again.spec == load("basic").spec
 
 
+@pytest.mark.parametrize("case", ["basic", "full"])
+def test_the_config_reads_back_with_yaml_11_as_the_spec_less_its_env(case: str) -> None:
+    """job.yaml is JSON written for YAML 1.1 readers (json_yaml): PyYAML, as the trainer reads
+    it, gets the spec's wire form back with every float a float (5e-05 is no string)."""
+    job = load(case)
+    cm = next(o for o in rendered(job) if o["kind"] == "ConfigMap")
+    doc = yaml.safe_load(cm["data"][CONFIG_FILE])
+    wire = job.spec.to_wire()
+    wire.get("pod", {}).pop("env", None)
+    assert doc["spec"] == wire
+    assert isinstance(doc["spec"]["training"]["learningRate"], float)
+
+
 def test_cpu_only_job_requests_no_gpus() -> None:
     job = load("basic")
     job.spec.distributed.gpus_per_node = 0
