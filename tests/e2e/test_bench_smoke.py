@@ -1,8 +1,8 @@
 """Keeps the operator benchmarks working on the session's control plane:
 
-- ``bench/operator_scale.py --quick --floor --steady 2,3`` (10 jobs of 4 nodes with the real
-  operator, then 6 more at 2/s with the 10 resident; the same with the pods-only floor
-  controller);
+- ``bench/operator_scale.py --quick --floor --quiet 2 --steady 2,3`` (10 jobs of 4 nodes with
+  the real operator, 2 s with them resident and nothing arriving, then 6 more at 2/s with the
+  10 resident; the same with the pods-only floor controller);
 - ``bench/foreign_objects.py`` with 1000 ConfigMaps that are not the operator's.
 
 They check that each benchmark runs and measures something sensible; timings are not judged
@@ -44,7 +44,15 @@ def test_operator_scale_quick_mode_measures_ten_jobs(
     cluster: Cluster, crd: list[str], tmp_path: Path
 ) -> None:
     stdout, (r, floor) = run_bench(
-        cluster, tmp_path, "operator_scale.py", "--quick", "--floor", "--steady", "2,3"
+        cluster,
+        tmp_path,
+        "operator_scale.py",
+        "--quick",
+        "--floor",
+        "--quiet",
+        "2",
+        "--steady",
+        "2,3",
     )
     assert "where the time goes at 10 jobs" in stdout
     assert (r["floor"], r["jobs"], r["jobs_running"]) == (False, 10, 10)
@@ -63,6 +71,15 @@ def test_operator_scale_quick_mode_measures_ten_jobs(
     assert (floor["floor"], floor["jobs"], floor["jobs_running"]) == (True, 10, 0)
     assert floor["all_pods"]["n"] == 10
     assert 4 <= floor["operator_requests_per_job"] < r["operator_requests_per_job"]
+    # The quiet window: 10 jobs resident, nothing arriving. Neither controller spins (a tenth
+    # of a core is far above either's upkeep of 10 jobs) or writes; the cluster is not idle.
+    assert "resident, nothing arriving:" in stdout
+    for row in (r, floor):
+        q = row["quiet"]
+        assert (q["resident"], q["seconds"] >= 2) == (10, True)
+        assert 0 <= q["cpu_ms_per_second"] < 100
+        assert q["own_requests_per_second"] < 1
+        assert q["requests_per_second"] > 0
     # The steady phase: 6 more jobs at 2/s with the 10 resident, each measured on its own.
     assert "steady load:" in stdout
     for row, until in ((r, "running"), (floor, "all_pods")):
