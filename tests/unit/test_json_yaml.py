@@ -13,6 +13,8 @@ import yaml
 
 from kubegraft_operator import json_yaml
 
+pytestmark = pytest.mark.unit
+
 TRICKY_CHARS = (
     "\x00\x01\t\n\r\x1b\x1f\x7f\x80\x85\x9f\xa0\u2028\u2029\ufeff\ufffe\uffff\ue000"
     "é中🙂\U0010ffff\"\\/'`:#-?{}[],&*!|>%@~ "
