@@ -236,7 +236,7 @@ def _start(cluster: Cluster, namespace: str, tmp_path: Path, *args: str) -> subp
 
 
 def test_compare_cluster_ctrl_c_deletes_the_trial_jobs(
-    cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path
+    cluster: Cluster, crd: list[str], kube: Kube, namespace: str, tmp_path: Path
 ) -> None:
     proc = _start(cluster, namespace, tmp_path)
     try:
@@ -254,7 +254,7 @@ def test_compare_cluster_ctrl_c_deletes_the_trial_jobs(
 
 
 def test_compare_cluster_keep_leaves_unfinished_trials_as_rows(
-    cluster: Cluster, kube: Kube, namespace: str, tmp_path: Path
+    cluster: Cluster, crd: list[str], kube: Kube, namespace: str, tmp_path: Path
 ) -> None:
     """The trial never finishes (its pod, if the module's operator makes one, is kwok's and
     stays Running): at --timeout it is a row, and --keep leaves the job for kubectl."""
