@@ -8,7 +8,7 @@ orjson writes it in microseconds, but JSON is YAML 1.2 and PyYAML reads YAML 1.1
 differs where orjson writes:
 
 - a float in exponent form needs a dot (YAML 1.1 reads ``2e+20`` as a string): written
-  ``2.0e+20``, as PyYAML writes it (orjson writes small ones without an exponent: 0.00005);
+  ``2.0e+20``, as PyYAML writes it (orjson writes 5e-05 as 0.00005, but 1e-6 as ``1e-6``);
 - characters JSON leaves raw in a string that YAML 1.1 takes for line breaks (U+0085, U+2028,
   U+2029, folded into spaces) or refuses as not printable (DEL and the C1 controls, U+FEFF,
   U+FFFE, U+FFFF): written as ``\\uXXXX`` escapes, which YAML's double-quoted strings share
