@@ -11,8 +11,12 @@ comparison's label until every trial is Succeeded or Failed (no polling), then r
 accuracy, macro-F1, the parameter counts and the running time from each status
 (:func:`kubegraft.policy_compare.status_record`). A failed trial is a row with its reason.
 
-At the end -- also after Ctrl-C or a timeout -- the trial jobs are deleted (their pods go with
-them), unless ``keep``: then they stay, with their status and outputs, for ``kubectl`` to read.
+At the end -- also after Ctrl-C, SIGTERM or a timeout -- the trial jobs are deleted (their pods
+go with them), unless ``keep``: then they stay, with their status and outputs, for ``kubectl``
+to read. SIGTERM is what a CI job's timeout, ``timeout(1)`` or ``kill`` sends; without a handler
+it ends Python at once and the trials would go on running on the cluster, nobody waiting for
+them. SIGINT keeps Python's own handling (KeyboardInterrupt), so a background job of a script,
+which the shell starts with SIGINT ignored, is not stopped by a Ctrl-C meant for the terminal.
 
 The ``kubernetes`` package comes with the ``operator`` extra; it is imported only here.
 """
@@ -21,9 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +121,28 @@ def _states(items: Iterable[dict[str, Any]], names: set[str]) -> dict[str, dict[
     }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as Ctrl-C's KeyboardInterrupt is: the same
+    ``finally`` deletes the trials."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside the block (the main thread's handler, put
+    back at the end)."""
+    saved = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
 def run_trials(
     trials: list[Trial],
     *,
@@ -128,7 +156,8 @@ def run_trials(
 ) -> dict[str, dict[str, Any]]:
     """Create the trials' jobs, wait until all are finished, return name -> the finished job
     (trials still running at the timeout are absent). Deletes the jobs at the end unless
-    ``keep``, whatever happened (Ctrl-C included)."""
+    ``keep``, whatever happened (Ctrl-C and SIGTERM included: call it in the main thread,
+    inside :func:`terminated_as_interrupt`)."""
     from kubernetes import client, config, watch
     from kubernetes.client.exceptions import ApiException
 
@@ -145,9 +174,13 @@ def run_trials(
     selector = f"{LABEL_COMPARISON}={cid}"
     try:
         for t in trials:
+            # Counted before the call: interrupted while it is in flight, the job may exist
+            # with its response unread (deleting one that does not is a 404, ignored).
+            created.append(t.name)
             try:
                 api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, t.manifest)
             except ApiException as exc:
+                created.pop()  # not ours: a 409 is somebody's job (an earlier --keep)
                 if exc.status == 409:
                     raise SystemExit(
                         f"kubegraft compare: {namespace}/{t.name} exists already (this "
@@ -155,7 +188,6 @@ def run_trials(
                         f"delete ftj -n {namespace} -l {selector}"
                     ) from exc
                 raise
-            created.append(t.name)
             log(f"trial {t.policy} seed {t.seed} -> FineTuneJob {namespace}/{t.name}")
         log(f"waiting for {len(trials)} trials (kubectl get ftj -n {namespace} -l {selector})")
         deadline = time.monotonic() + timeout_seconds

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="--cluster: leave the trial jobs (default: deleted at the end, Ctrl-C included)",
+        help="--cluster: leave the trial jobs (default: deleted at the end, also after Ctrl-C "
+        "or SIGTERM)",
     )
     parser.add_argument(
         "--timeout",
@@ -273,15 +275,16 @@ def _run_cluster(
             )
             trials.append(cc.Trial(policy=policy, seed=seed, name=name, manifest=manifest))
     print(f"comparison {cid} in namespace {namespace}", file=sys.stderr, flush=True)
-    done = cc.run_trials(
-        trials,
-        namespace=namespace,
-        cid=cid,
-        kubeconfig=args.kubeconfig,
-        context=args.context,
-        timeout_seconds=args.timeout,
-        keep=args.keep,
-    )
+    with cc.terminated_as_interrupt():
+        done = cc.run_trials(
+            trials,
+            namespace=namespace,
+            cid=cid,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            timeout_seconds=args.timeout,
+            keep=args.keep,
+        )
     records: dict[str, list[dict[str, Any]]] = {}
     failed: dict[str, str] = {}
     for t in trials:
@@ -338,9 +341,10 @@ def main(args: argparse.Namespace) -> int:
         except (OverrideError, ValueError) as exc:
             print(f"kubegraft compare: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("kubegraft compare: interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:
+            signum: signal.Signals = getattr(exc, "signum", signal.SIGINT)  # SIGTERM's: 143
+            print(f"kubegraft compare: interrupted ({signum.name})", file=sys.stderr)
+            return 128 + int(signum)
         except ImportError:
             print(
                 "kubegraft compare --cluster needs the kubernetes client: "
