@@ -68,8 +68,15 @@ from kubegraft_operator.render import render_infrastructure, render_pod
 
 Obj = dict[str, Any]
 
-RESYNC_SECONDS = 60.0
-"""Look again at least this often even when nothing happens (a missed watch event heals)."""
+RESYNC_SECONDS = 600.0
+"""Look again at least this often even when nothing happens (a missed watch event heals).
+Every input a pass reads is watched (the job, its pods, nodes, Workloads) or pushed (rank 0's
+report), and every clock (startup, stall, deadline, TTL, back-off) asks for its own requeue,
+so this is a safety net, not a poll: at 60 s it cost 3 % of a core for 1000 idle jobs
+(bench/README.md, ``--quiet``); controller-runtime's default is 10 hours."""
+QUEUE_RECHECK_SECONDS = 60.0
+"""Look again this often while a queued job's LocalQueue or PriorityClass does not exist:
+neither is watched, so nothing else wakes the job when it is created."""
 CONFIRM_SECONDS = 2.0
 """Look again soon while waiting for pods we deleted to go away."""
 ACTIVE = frozenset({PodPhase.PENDING, PodPhase.RUNNING, PodPhase.UNKNOWN})
@@ -559,8 +566,9 @@ def _admitted(ctx: _Ctx, pods: list[PodObservation]) -> bool:
         )
     elif wl is not None and kueue.needs_requeue(wl):
         ctx.decision.workload_patch = (wl.name, kueue.requeue_patch(wl, now=ctx.now_s))
-    # Kueue's changes to the Workload wake the job (the operator watches Workloads).
-    ctx.decision.requeue_after = RESYNC_SECONDS
+    if wl is None and not (q.priority_class_found and q.local_queue_found):
+        ctx.requeue(QUEUE_RECHECK_SECONDS)
+    # Otherwise Kueue's changes to the Workload wake the job (the operator watches Workloads).
     return False
 
 

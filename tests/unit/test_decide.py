@@ -308,7 +308,7 @@ def test_stall_restarts_as_stalled_and_progress_resets_the_clock() -> None:
         job, gang(), T0 + timedelta(seconds=100), progress=report(10, T0 + timedelta(seconds=100))
     )
     assert d.status.state == JobState.RUNNING
-    assert d.requeue_after == 60  # the resync cap; the stall deadline is 120s away
+    assert d.requeue_after == 120  # the stall deadline (the last progress + 120s)
     # Same step reported again later: the clock does not move.
     job, d = step(
         job, gang(), T0 + timedelta(seconds=200), progress=report(10, T0 + timedelta(seconds=200))

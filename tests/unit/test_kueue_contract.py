@@ -13,7 +13,13 @@ import pytest
 from kubegraft.api.v1alpha1 import FineTuneJob, JobState
 from kubegraft_operator import conditions as cond
 from kubegraft_operator import kueue
-from kubegraft_operator.decide import Decision, decide, keeps_reconciling
+from kubegraft_operator.decide import (
+    QUEUE_RECHECK_SECONDS,
+    RESYNC_SECONDS,
+    Decision,
+    decide,
+    keeps_reconciling,
+)
 from kubegraft_operator.observe import Observation, PodObservation, PodPhase
 
 pytestmark = pytest.mark.unit
@@ -276,6 +282,17 @@ def test_missing_local_queue_and_priority_class_are_named() -> None:
     assert job.status is not None
     assert job.status.reason == "LocalQueueNotFound"
     assert "metadata.labels[kueue.x-k8s.io/queue-name]" in (job.status.message or "")
+
+
+@pytest.mark.parametrize("missing", [{"local_queue_found": False}, {"priority_class_found": False}])
+def test_a_missing_queue_or_priority_class_is_looked_for_again_soon(missing: Any) -> None:
+    """Neither a LocalQueue nor a PriorityClass is watched: a job waiting for one looks again
+    every minute. Once its Workload exists, Kueue's changes to it wake the job, and the
+    daemon sleeps until the long resync."""
+    _, d = step(make_job(), queue(**missing))
+    assert d.requeue_after == QUEUE_RECHECK_SECONDS < RESYNC_SECONDS
+    _, d = step(make_job(), queue(workload(("QuotaReserved", "False", "Pending"))))
+    assert d.requeue_after == RESYNC_SECONDS
 
 
 def test_a_job_without_a_queue_name_is_untouched_by_kueue() -> None:
