@@ -33,6 +33,7 @@ Targets (issue 4): p99 < 1 s from create to all pods at 1000 jobs, peak RSS < 30
 from __future__ import annotations
 
 import argparse
+import calendar
 import contextlib
 import json
 import math
@@ -156,6 +157,10 @@ class RoundResult:
     restarted: int = 0
     """Jobs of the burst whose gang was restarted (more pods seen than one gang has: a fake
     node lost under load, say); non-zero means the round did more than the burst's work."""
+    pod_watch_lag: Dist = field(default_factory=lambda: Dist.of([]))
+    """When the benchmark's own pod watch saw each pod, less the pod's creationTimestamp
+    (server clock, whole seconds: each value is up to 1 s too large). Every pod milestone is
+    stamped by that watch, so a lag here is in every pod figure above, for every controller."""
 
 
 @dataclass
@@ -322,6 +327,11 @@ PYTORCHJOB = JobKind(
 )
 
 
+def _epoch(rfc3339: str) -> float:
+    """``2026-12-03T19:10:00Z`` as seconds since the epoch."""
+    return float(calendar.timegm(time.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ")))
+
+
 class Recorder:
     """Watches a namespace's pods and jobs and stamps when each milestone was seen."""
 
@@ -335,6 +345,7 @@ class Recorder:
         self.kind = kind
         self.pod_seen: dict[str, float] = {}
         self.pod_running: dict[str, float] = {}
+        self.pod_lag: list[float] = []
         self.pods_of: dict[str, set[str]] = defaultdict(set)
         self.job_first_status: dict[str, float] = {}
         self.job_running: dict[str, float] = {}
@@ -410,6 +421,8 @@ class Recorder:
         if not job:
             return
         with self.lock:
+            if name not in self.pod_seen and (born := meta.get("creationTimestamp")):
+                self.pod_lag.append(time.time() - _epoch(born))
             self.pod_seen.setdefault(name, now)
             self.pods_of[job].add(name)
             if (pod.get("status") or {}).get("phase") == "Running":
@@ -1068,6 +1081,7 @@ def run_round(
         pods_span=Dist.of(between(rec.first_pod_at, rec.all_pods_at)),
         pods_running=Dist.of(between(rec.all_pods_at, rec.pods_running_at)),
         status_lag=Dist.of(between(rec.pods_running_at, running)),
+        pod_watch_lag=Dist.of(rec.pod_lag),
         jobs_running=burst_running,
         operator_cpu_seconds=cpu,
         operator_peak_rss_mb=rss,
@@ -1229,6 +1243,11 @@ def where_the_time_goes(results: list[RoundResult]) -> str:
         lines.append(f"  API requests per job, all clients: {top}")
         lat = ", ".join(f"{k} {v:.0f}" for k, v in r.latency_ms)
         lines.append(f"  API server mean latency, ms: {lat}")
+        lag = r.pod_watch_lag
+        lines.append(
+            f"  the benchmark's pod watch: seen - creationTimestamp p50 / p99 {lag.p50:.2f} /"
+            f" {lag.p99:.2f} s (whole-second timestamps: up to 1 s too large)"
+        )
     return "\n".join(lines)
 
 

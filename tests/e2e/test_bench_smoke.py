@@ -61,6 +61,12 @@ def test_operator_scale_quick_mode_measures_ten_jobs(
     assert 0 < pods["p50"] <= pods["p99"] <= pods["max"]
     # A job is Running only after all of its pods exist (and kwok started them).
     assert running["p50"] >= pods["p50"]
+    # The benchmark's own pod watch saw each pod once (a clock on this host, a server
+    # timestamp in whole seconds: never more than a second early).
+    for row in (r, floor):
+        lag = row["pod_watch_lag"]
+        assert lag["n"] >= 40
+        assert -1 <= lag["p50"] <= lag["max"] < 60
     assert r["operator_cpu_seconds"] > 0
     assert 30 < r["operator_idle_rss_mb"] <= r["operator_peak_rss_mb"] < 2000
     # The operator creates 4 pods, the Service and the config ConfigMap per job and writes
